@@ -1,0 +1,1 @@
+"""The pure rendition engine: specs, geometry, naming and pixels; no Django, no Celery."""
