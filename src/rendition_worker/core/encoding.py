@@ -1,0 +1,63 @@
+"""Encode sRGB working images as AVIF, WebP, JPEG or PNG, with no metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+
+from PIL import Image
+
+import rendition_worker.core.plugins  # noqa: F401  # AVIF encoding through pillow_avif
+
+AVIF_CODECS = ("svt", "aom", "rav1e")
+MEDIA_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
+EXTENSIONS = {"avif": "avif", "webp": "webp", "jpeg": "jpg", "png": "png"}
+# Formats that carry an alpha channel; JPEG gets transparent pixels composited instead.
+ALPHA_FORMATS = frozenset({"avif", "webp", "png"})
+# SVT-AV1 refuses frames narrower or lower than this; such tiny outputs use aom instead.
+SVT_MIN_DIMENSION = 4
+# Bumped whenever a change to the pipeline changes output pixels, so that names change too.
+PIPELINE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSettings:
+    """Encoder choices that change output bytes; part of every rendition's name."""
+
+    avif_codec: str = "svt"
+    avif_speed: int = 8
+    webp_method: int = 4
+    png_compress_level: int = 6
+
+    def __post_init__(self) -> None:
+        if self.avif_codec not in AVIF_CODECS:
+            raise ValueError(
+                f"unknown AVIF codec {self.avif_codec!r}; accepted: {', '.join(AVIF_CODECS)}"
+            )
+
+    @property
+    def fingerprint(self) -> str:
+        """Eight hex digits that change whenever these settings or the pipeline change."""
+        text = repr((PIPELINE_VERSION, sorted(asdict(self).items())))
+        return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def encode(image: Image.Image, fmt: str, quality: int | None, settings: EncoderSettings) -> bytes:
+    """Encode an sRGB image (RGB, RGBA, L or LA, already in the format's mode) to bytes."""
+    buffer = io.BytesIO()
+    if fmt == "avif":
+        codec = settings.avif_codec
+        if codec == "svt" and min(image.size) < SVT_MIN_DIMENSION:
+            codec = "aom"
+        image.save(buffer, "AVIF", quality=quality, speed=settings.avif_speed, codec=codec)
+    elif fmt == "webp":
+        image.save(buffer, "WEBP", quality=quality, method=settings.webp_method)
+    elif fmt == "jpeg":
+        # Progressive JPEGs are smaller (optimised Huffman tables) and show early on slow links.
+        image.save(buffer, "JPEG", quality=quality, progressive=True, optimize=True)
+    elif fmt == "png":
+        image.save(buffer, "PNG", compress_level=settings.png_compress_level)
+    else:  # pragma: no cover - specs only carry known formats
+        raise ValueError(f"unknown output format {fmt!r}")
+    return buffer.getvalue()

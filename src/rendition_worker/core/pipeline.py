@@ -1,0 +1,314 @@
+"""One source in, all of its renditions out: decode once, resize largest first, encode in parallel.
+
+`render()` reads the header, refuses what is too large, plans every rendition and decodes
+the source once (DCT-scaled when the largest output allows it). Iterating the result resizes
+each crop from the source once at its largest size, derives the smaller sizes from the next
+larger one, and encodes on a thread pool (Pillow's codecs release the GIL). Renditions come
+out cheapest format first, so a caller that stores them in order makes the JPEG/PNG fallback
+ready before the AVIF.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import IO
+
+from PIL import Image
+
+from rendition_worker.core.color import to_srgb
+from rendition_worker.core.encoding import (
+    ALPHA_FORMATS,
+    EXTENSIONS,
+    MEDIA_TYPES,
+    EncoderSettings,
+    encode,
+)
+from rendition_worker.core.geometry import (
+    SWAPPING_ORIENTATIONS,
+    Box,
+    Geometry,
+    Size,
+    plan_geometry,
+    stored_box,
+)
+from rendition_worker.core.scheduling import HeavyLightPool
+from rendition_worker.core.sources import (
+    Limits,
+    OpenedSource,
+    decode_source,
+    open_source,
+)
+from rendition_worker.core.specs import Spec
+
+# Pillow first shrinks by an integer factor with a box filter while the remaining scale is
+# at least this gap, then applies Lanczos; at 3 the result is indistinguishable from a full
+# Lanczos resize and several times faster on camera-sized sources.
+REDUCING_GAP = 3.0
+# Output pixels per band of a banded resize: bounds the intermediate copy to about 4 MB.
+BAND_PIXELS = 1_000_000
+# Output format order: the fallback a <picture> always has first, the slowest encoder last.
+FORMAT_PRIORITY = {"jpeg": 0, "png": 0, "webp": 1, "avif": 2}
+# What a spec without `format-` becomes, by source format (Wagtail keeps the source format).
+SOURCE_FORMAT_OUTPUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "png", "WEBP": "webp"}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """Limits, encoder settings and parallelism of one render."""
+
+    limits: Limits = field(default_factory=Limits)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What the pipeline learnt about a source: format, upright size and frame count."""
+
+    format: str
+    width: int
+    height: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One encoded rendition."""
+
+    spec: Spec
+    format: str
+    width: int
+    height: int
+    data: bytes
+    encode_ms: float
+
+    @property
+    def extension(self) -> str:
+        """File extension without the dot (`jpg` for JPEG)."""
+        return EXTENSIONS[self.format]
+
+    @property
+    def media_type(self) -> str:
+        """MIME type, e.g. `image/avif`."""
+        return MEDIA_TYPES[self.format]
+
+
+_EncodeKey = tuple[Size, str, int | None, tuple[int, int, int] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """An encode to do: the spec it serves and what makes its bytes distinct."""
+
+    spec: Spec
+    size: Size
+    format: str
+    quality: int | None
+    background: tuple[int, int, int] | None
+
+
+class Rendering:
+    """A decoded source and the plan of its renditions; iterate once to encode them."""
+
+    def __init__(
+        self,
+        source: OpenedSource,
+        pixels: Image.Image,
+        plans: dict[Spec, Geometry],
+        options: RenderOptions,
+    ) -> None:
+        self.source = SourceInfo(source.format, *source.size, source.frames)
+        self._orientation = source.orientation
+        self._stored_size = source.stored_size
+        self._pixels: Image.Image | None = pixels
+        self._icc = pixels.info.get("icc_profile")
+        self._plans = plans
+        self._options = options
+
+    def __iter__(self) -> Iterator[Rendered]:
+        """Encode every planned rendition, yielding them cheapest format first."""
+        if self._pixels is None:
+            raise RuntimeError("a Rendering can be iterated only once")
+        with HeavyLightPool(self._options.workers) as pool:
+            futures: dict[_EncodeKey, Future[tuple[bytes, float]]] = {}
+            outputs = self._schedule(pool, futures)
+            for output in sorted(outputs, key=_yield_order):
+                data, elapsed = futures[_encode_key(output)].result()
+                width, height = output.size
+                yield Rendered(output.spec, output.format, width, height, data, elapsed)
+
+    def _schedule(
+        self, pool: HeavyLightPool, futures: dict[_EncodeKey, Future[tuple[bytes, float]]]
+    ) -> list[_Output]:
+        # Every crop at its largest size first, so that the decoded source (the largest
+        # buffer by far) is freed before any encoder allocates. Then, per crop, derive each
+        # smaller size from the next larger one while the pool encodes what is ready.
+        groups: dict[Box, dict[Size, list[Spec]]] = {}
+        for spec, geometry in self._plans.items():
+            groups.setdefault(geometry.box, {}).setdefault(geometry.size, []).append(spec)
+        largest = {
+            box: self._largest(box, max(sizes, key=_area), pool) for box, sizes in groups.items()
+        }
+        self._pixels = None
+        outputs: list[_Output] = []
+        for box, by_size in groups.items():
+            image = largest.pop(box)
+            for size in sorted(by_size, key=_area, reverse=True):
+                if image.size != size:
+                    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+                for spec in by_size[size]:
+                    output = self._output(spec, image)
+                    outputs.append(output)
+                    key = _encode_key(output)
+                    if key not in futures:
+                        job = functools.partial(_encode_job, image, output, self._options.encoder)
+                        futures[key] = pool.submit(job, heavy=output.format == "avif")
+        return outputs
+
+    def _largest(self, box: Box, size: Size, pool: HeavyLightPool) -> Image.Image:
+        pixels = self._pixels
+        assert pixels is not None
+        # The source may be DCT-scaled and is in stored orientation: map the box onto it,
+        # resize, then rotate the (much smaller) output upright.
+        left, top, right, bottom = stored_box(box, self._orientation, self._stored_size)
+        fx = pixels.width / self._stored_size[0]
+        fy = pixels.height / self._stored_size[1]
+        scaled_box = (left * fx, top * fy, right * fx, bottom * fy)
+        stored_size = (size[1], size[0]) if self._orientation in SWAPPING_ORIENTATIONS else size
+        bands = band_boxes(stored_size, scaled_box)
+        jobs = [
+            pool.submit(functools.partial(_srgb_band, pixels, band_size, band_box, self._icc))
+            for _, band_size, band_box in bands
+        ]
+        image: Image.Image | None = None
+        for (row, _, _), job in zip(bands, jobs, strict=True):
+            band = job.result()
+            if image is None:
+                image = Image.new(band.mode, stored_size)
+            image.paste(band, (0, row))
+        assert image is not None
+        if self._orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[self._orientation])
+        return _drop_opaque_alpha(image)
+
+    def _output(self, spec: Spec, image: Image.Image) -> _Output:
+        has_alpha = image.mode in {"RGBA", "LA"}
+        fmt = spec.format or _follow_source(self.source.format, has_alpha)
+        background = spec.background if has_alpha and fmt not in ALPHA_FORMATS else None
+        return _Output(spec, image.size, fmt, spec.quality_for(fmt), background)
+
+
+def render(fp: IO[bytes], specs: Sequence[Spec], options: RenderOptions | None = None) -> Rendering:
+    """Check and decode the source in `fp` once and plan `specs`; raises `BadSource`."""
+    options = options or RenderOptions()
+    unique = list(dict.fromkeys(specs))
+    source = open_source(fp, options.limits)
+    if source.draftable:
+        plans = _plan(source, unique)
+        pixels = decode_source(source, fp, _needed_size(source, plans))
+    else:
+        pixels = decode_source(source, fp, None)
+        plans = _plan(source, unique)
+    return Rendering(source, pixels, plans, options)
+
+
+def band_boxes(size: Size, box: Box) -> list[tuple[int, Size, Box]]:
+    """Split a resize of `box` to `size` into bands of output rows: (top row, size, box).
+
+    Pillow's two-pass resize keeps a horizontally resized copy of every source row the box
+    covers (31 MB for 4032x3024 -> 2560 wide); a band at a time, that copy stays small, and
+    bands can run on several cores. Pillow reads filter support outside the box, so the
+    bands meet without seams: the result equals one whole resize.
+    """
+    width, height = size
+    rows = max(1, BAND_PIXELS // width)
+    left, top, right, bottom = box
+    step = (bottom - top) / height
+    return [
+        (
+            first,
+            (width, min(height, first + rows) - first),
+            (left, top + first * step, right, top + min(height, first + rows) * step),
+        )
+        for first in range(0, height, rows)
+    ]
+
+
+def _plan(source: OpenedSource, specs: list[Spec]) -> dict[Spec, Geometry]:
+    return {spec: plan_geometry(source.size, spec.operation) for spec in specs}
+
+
+def _needed_size(source: OpenedSource, plans: dict[Spec, Geometry]) -> Size | None:
+    scale = max((geometry.scale for geometry in plans.values()), default=1.0)
+    if scale > 0.5:
+        return None  # DCT scaling only goes in halves
+    width, height = source.stored_size
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def _srgb_band(image: Image.Image, size: Size, box: Box, icc: bytes | None) -> Image.Image:
+    band = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    return to_srgb(band, icc)
+
+
+def _drop_opaque_alpha(image: Image.Image) -> Image.Image:
+    # An alpha band with no transparent pixel only costs bytes (and a JPEG composite).
+    if image.mode in {"RGBA", "LA"} and image.getchannel("A").getextrema()[0] == 255:
+        return image.convert(image.mode[:-1])
+    return image
+
+
+def _follow_source(source_format: str, has_alpha: bool) -> str:
+    fallback = "png" if has_alpha else "jpeg"
+    return SOURCE_FORMAT_OUTPUT.get(source_format, fallback)
+
+
+def _encode_key(output: _Output) -> _EncodeKey:
+    # Two specs that clamp to the same pixels (width-2560 and width-1920 of a 1200 px
+    # source) share one encode.
+    return output.size, output.format, output.quality, output.background
+
+
+def _area(size: Size) -> int:
+    return size[0] * size[1]
+
+
+def _yield_order(output: _Output) -> tuple[int, int]:
+    return FORMAT_PRIORITY[output.format], output.size[0] * output.size[1]
+
+
+def _encode_job(
+    image: Image.Image, output: _Output, settings: EncoderSettings
+) -> tuple[bytes, float]:
+    started = time.perf_counter()
+    prepared = _for_format(image, output)
+    data = encode(prepared, output.format, output.quality, settings)
+    return data, (time.perf_counter() - started) * 1000
+
+
+def _for_format(image: Image.Image, output: _Output) -> Image.Image:
+    """Return an image object of this encode's own, in a mode the output format stores."""
+    mode = image.mode
+    if output.background is not None:
+        canvas = Image.new("RGB", image.size, output.background)
+        canvas.paste(image.convert("RGBA"), mask=image.getchannel("A"))
+        return canvas
+    if output.format in {"avif", "webp"} and mode in {"L", "LA"}:
+        return image.convert("RGBA" if mode == "LA" else "RGB")
+    # save() keeps its options on the image object (encoderinfo), so two threads saving one
+    # object mix their settings up. A second object over the same pixels costs no copy.
+    return image._new(image.im)

@@ -1,0 +1,255 @@
+"""Open a source image safely: size limits before decoding, clear errors, 8-bit working modes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from rendition_worker.core.errors import BadSource, SourceProblem
+from rendition_worker.core.geometry import Size, upright_size
+from rendition_worker.core.plugins import HEIF_AVAILABLE
+
+# Only raster formats that are common on the web or from cameras; the long tail of Pillow
+# plugins (EPS runs Ghostscript, for one) is not worth its attack surface.
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP") + (
+    ("HEIF",) if HEIF_AVAILABLE else ()
+)
+# Formats whose decoder can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling).
+DRAFTABLE_FORMATS = frozenset({"JPEG", "MPO"})
+# Working modes: 8 bits per channel, resizable by Pillow, convertible to sRGB after resizing.
+WORKING_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK"})
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF8", 0, "GIF"),
+    (b"WEBP", 8, "WEBP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"ftypavis", 4, "AVIF"),
+)
+_FOREIGN_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"),
+    (b"8BPS", "PSD"),
+    (b"%!PS", "PostScript"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a source may declare before we refuse to decode it."""
+
+    max_pixels: int = 100_000_000
+    max_frames: int = 1_000
+
+
+@dataclass(slots=True)
+class OpenedSource:
+    """A source whose header passed the limits; pixels decoded at most once, on demand."""
+
+    image: Image.Image
+    format: str
+    stored_size: Size
+    orientation: int
+    frames: int
+
+    @property
+    def draftable(self) -> bool:
+        """Whether the decoder can scale down while decoding (and orientation is known now)."""
+        return self.format in DRAFTABLE_FORMATS
+
+    @property
+    def size(self) -> Size:
+        """Size of the picture as displayed (EXIF orientation applied)."""
+        return upright_size(self.stored_size, self.orientation)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the format of a file from its first bytes, or None if it is not recognised."""
+    for magic, offset, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    for magic, name in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<svg", b"<?xml", b"<!doctype svg")) and b"<svg" in head.lower():
+        return "SVG"
+    return None
+
+
+def open_source(fp: IO[bytes], limits: Limits) -> OpenedSource:
+    """Open `fp` and check its declared size and frames against `limits`, decoding nothing."""
+    fp.seek(0)
+    head = fp.read(64)
+    fp.seek(0)
+    if not head:
+        raise BadSource(SourceProblem.NOT_IMAGE, "not an image: the file is empty")
+    sniffed = sniff_format(head)
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning fires at 89 MP; MAX_PIXELS is the limit that counts.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=DECODABLE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise BadSource(SourceProblem.TOO_LARGE, f"too large to decode safely: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise _unidentified(sniffed) from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on bad headers
+        raise _damaged(sniffed, exc) from exc
+    width, height = image.size
+    _check_pixels(width, height, 1, limits, image.format)
+    try:
+        frames = int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise _damaged(image.format, exc) from exc
+    if frames > limits.max_frames:
+        raise BadSource(
+            SourceProblem.TOO_LARGE,
+            f"too many frames: {frames} declared, the limit is {limits.max_frames}",
+        )
+    _check_pixels(width, height, frames, limits, image.format)
+    fmt = str(image.format)
+    orientation = _orientation(image) if fmt in DRAFTABLE_FORMATS else 1
+    return OpenedSource(image, fmt, (width, height), orientation, frames)
+
+
+def decode_source(source: OpenedSource, fp: IO[bytes], needed: Size | None) -> Image.Image:
+    """Decode the first frame, DCT-scaled down to no less than `needed`, in a working mode.
+
+    `needed` is in stored orientation; `None` decodes at full size. Also sets
+    `source.orientation` for formats whose metadata is only known after decoding.
+    """
+    image = source.image
+    if needed is not None and source.format in DRAFTABLE_FORMATS:
+        image.draft(image.mode, needed)
+    if source.format == "PNG":
+        _verify_png(fp)
+    try:
+        with _strict_truncation():
+            image.load()
+    except Exception as exc:
+        # Never retry a failed load: Pillow's second load() returns partial pixels silently.
+        raise _damaged(source.format, exc) from exc
+    if source.format not in DRAFTABLE_FORMATS:
+        # PNG and WebP may keep EXIF after the pixel data, so it is only read now.
+        source.orientation = _orientation(image)
+    return to_working_mode(image)
+
+
+def to_working_mode(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB, RGBA, L, LA or CMYK, keeping transparency."""
+    mode = image.mode
+    has_key = "transparency" in image.info
+    if mode in WORKING_MODES and not has_key:
+        return image
+    if mode in {"RGB", "P", "PA", "RGBa", "RGBX", "YCbCr", "LAB", "HSV"}:
+        alpha = has_key or mode in {"PA", "RGBa"}
+        converted = image.convert("RGBA" if alpha else "RGB")
+    elif mode in {"L", "1", "La"}:
+        converted = image.convert("LA" if has_key or mode == "La" else "L")
+    elif mode.startswith(("I", "F")):
+        converted = _high_depth_to_l(image)
+    else:
+        converted = image.convert("RGBA" if "A" in mode else "RGB")
+    converted.info = dict(image.info)
+    converted.info.pop("transparency", None)
+    return converted
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    # A plain convert("L") clips 16-bit values (1023 of 1024 pixels of a 16-bit grey PNG
+    # become white); scale by the depth instead. 32-bit int and float modes carry no depth,
+    # so their range is read from the pixels.
+    wide = image.convert("F")
+    if image.mode.startswith("I;16"):
+        factor = 255.0 / 65535.0
+    else:
+        high = float(wide.getextrema()[1])  # type: ignore[arg-type]
+        if image.mode == "F" and high <= 1.0:
+            factor = 255.0
+        elif high > 255.0:
+            factor = 255.0 / max(high, 65535.0)
+        else:
+            factor = 1.0
+    return wide.point(lambda value: value * factor).convert("L")
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:
+        # Malformed EXIF is metadata damage, not pixel damage: render the picture as stored.
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _verify_png(fp: IO[bytes]) -> None:
+    # Some damaged PNGs decode without error; only verify() checks every chunk's CRC,
+    # and it must run on an image object of its own.
+    fp.seek(0)
+    try:
+        with Image.open(fp, formats=("PNG",)) as checker:
+            checker.verify()
+    except Exception as exc:
+        raise _damaged("PNG", exc) from exc
+    finally:
+        fp.seek(0)
+
+
+_TRUNCATION_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _strict_truncation() -> Iterator[None]:
+    # If anything in the process set LOAD_TRUNCATED_IMAGES, truncated files would decode as
+    # mostly grey pictures instead of failing; force the strict behaviour while we decode.
+    with _TRUNCATION_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _check_pixels(width: int, height: int, frames: int, limits: Limits, fmt: str | None) -> None:
+    declared = width * height * frames
+    if width < 1 or height < 1:
+        raise BadSource(SourceProblem.CORRUPT, f"damaged {fmt} file: it declares {width}x{height}")
+    if declared > limits.max_pixels:
+        frames_note = f" x {frames} frames" if frames > 1 else ""
+        raise BadSource(
+            SourceProblem.TOO_LARGE,
+            f"too large to decode safely: {fmt} declares {width}x{height}{frames_note} = "
+            f"{declared:,} pixels, the limit (MAX_PIXELS) is {limits.max_pixels:,}",
+        )
+
+
+def _unidentified(sniffed: str | None) -> BadSource:
+    if sniffed is None:
+        return BadSource(SourceProblem.NOT_IMAGE, "not an image: the content is not recognised")
+    if sniffed in DECODABLE_FORMATS:
+        return BadSource(SourceProblem.CORRUPT, f"damaged {sniffed} file: its header is unreadable")
+    hint = " (install rendition-worker[heif] to decode it)" if sniffed == "HEIF" else ""
+    return BadSource(SourceProblem.UNSUPPORTED, f"unsupported format: {sniffed}{hint}")
+
+
+def _damaged(fmt: str | None, exc: Exception) -> BadSource:
+    reason = str(exc) or type(exc).__name__
+    return BadSource(SourceProblem.CORRUPT, f"damaged {fmt or 'image'} file: {reason}")
