@@ -97,7 +97,8 @@ def _reference(photo: Path) -> Any:
         if icc:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             srgb = ImageCms.createProfile("sRGB")
-            image = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            image = converted if converted is not None else image
         return image
 
 
@@ -112,7 +113,9 @@ def _ssim(reference: Any, path: Path) -> tuple[float, int, tuple[int, int]]:
         size = rendition.size
         luma = np.asarray(rendition.convert("L"), dtype=np.float64)
     expected = reference.resize(size, Image.Resampling.LANCZOS).convert("L")
-    score = structural_similarity(np.asarray(expected, dtype=np.float64), luma, data_range=255)
+    score = structural_similarity(  # type: ignore[no-untyped-call]
+        np.asarray(expected, dtype=np.float64), luma, data_range=255
+    )
     return float(score), path.stat().st_size, size
 
 

@@ -16,8 +16,9 @@ from rendition_worker.core.geometry import Size, upright_size
 from rendition_worker.core.plugins import HEIF_AVAILABLE
 
 # Only raster formats that are common on the web or from cameras; the long tail of Pillow
-# plugins (EPS runs Ghostscript, for one) is not worth its attack surface.
-DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP") + (
+# plugins (EPS runs Ghostscript, for one) is not worth its attack surface. (Multi-picture
+# JPEGs open through the JPEG plugin and then report their format as MPO.)
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP") + (
     ("HEIF",) if HEIF_AVAILABLE else ()
 )
 # Formats whose decoder can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling).
@@ -244,12 +245,14 @@ def _check_pixels(width: int, height: int, frames: int, limits: Limits, fmt: str
 def _unidentified(sniffed: str | None) -> BadSource:
     if sniffed is None:
         return BadSource(SourceProblem.NOT_IMAGE, "not an image: the content is not recognised")
-    if sniffed in DECODABLE_FORMATS:
+    if sniffed in DECODABLE_FORMATS:  # Pillow knows the format but cannot read this file
         return BadSource(SourceProblem.CORRUPT, f"damaged {sniffed} file: its header is unreadable")
     hint = " (install rendition-worker[heif] to decode it)" if sniffed == "HEIF" else ""
     return BadSource(SourceProblem.UNSUPPORTED, f"unsupported format: {sniffed}{hint}")
 
 
 def _damaged(fmt: str | None, exc: Exception) -> BadSource:
-    reason = str(exc) or type(exc).__name__
+    # Pillow's decoders say what is wrong in an OSError; anything else keeps its type in the
+    # message so that a surprise (a Pillow quirk, a bug of ours) is not mistaken for damage.
+    reason = str(exc) if isinstance(exc, OSError) and str(exc) else f"{type(exc).__name__}: {exc}"
     return BadSource(SourceProblem.CORRUPT, f"damaged {fmt or 'image'} file: {reason}")
