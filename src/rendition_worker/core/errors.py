@@ -20,6 +20,7 @@ class SourceProblem(StrEnum):
     NOT_IMAGE = "not-image"
     UNSUPPORTED = "unsupported"
     TOO_LARGE = "too-large"
+    MISSING = "missing"
 
 
 class BadSource(RenditionError):

@@ -1,8 +1,9 @@
-"""A tiny thread pool that runs memory-heavy jobs one at a time and light ones beside them.
+"""A tiny thread pool that starts a job only when its memory fits beside the running ones.
 
-Two SVT-AV1 encodes of a 2560 px picture at once cost 70 MB, more than the decoded source;
-with a plain pool both workers can pick one. Here a worker skips a heavy job while another
-heavy job runs and takes the next light one instead, so both cores stay busy.
+One SVT-AV1 encode of a 2560 px picture needs about 130 MB, more than the decoded 12 MP
+source; with a plain pool both workers may pick one. Here a job whose estimated memory does
+not fit the budget beside the running jobs waits, and the idle worker takes the next job
+that fits, so both cores stay busy on cheaper work.
 """
 
 from __future__ import annotations
@@ -10,19 +11,32 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
 
-class HeavyLightPool:
-    """Run submitted callables on `workers` threads, at most one `heavy` job at a time."""
+@dataclass(slots=True)
+class _Job:
+    cost: int
+    future: Future[Any]
+    call: Callable[[], Any]
 
-    def __init__(self, workers: int) -> None:
-        self._jobs: list[tuple[bool, Future[Any], Callable[[], Any]]] = []
-        self._ready = threading.Condition()
-        self._heavy_running = False
+
+class BudgetPool:
+    """Run callables on `workers` threads while the costs of the running ones fit `budget`.
+
+    A job costlier than the whole budget still runs, alone. Jobs start in submission order
+    except that a job that does not fit lets later ones that do fit go first.
+    """
+
+    def __init__(self, workers: int, budget: int) -> None:
+        self._budget = budget
+        self._queue: list[_Job] = []
+        self._running: list[int] = []
+        self._changed = threading.Condition()
         self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"rendition-encoder-{index}", daemon=True)
@@ -31,24 +45,24 @@ class HeavyLightPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: Callable[[], T], *, heavy: bool = False) -> Future[T]:
-        """Queue `job`; jobs start in submission order, heavy ones never two at a time."""
+    def submit(self, call: Callable[[], T], *, cost: int = 0) -> Future[T]:
+        """Queue `call` with its estimated memory `cost` in bytes; returns its future."""
         future: Future[T] = Future()
-        with self._ready:
+        with self._changed:
             if self._closed:
                 raise RuntimeError("the pool is shut down")
-            self._jobs.append((heavy, future, job))
-            self._ready.notify()
+            self._queue.append(_Job(cost, future, call))
+            self._changed.notify()
         return future
 
     def shutdown(self) -> None:
         """Cancel what has not started, wait for what runs, stop the threads."""
-        with self._ready:
+        with self._changed:
             self._closed = True
-            for _, future, _ in self._jobs:
-                future.cancel()
-            self._jobs.clear()
-            self._ready.notify_all()
+            for job in self._queue:
+                job.future.cancel()
+            self._queue.clear()
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join()
 
@@ -63,27 +77,25 @@ class HeavyLightPool:
     ) -> None:
         self.shutdown()
 
-    def _next(self) -> tuple[bool, Future[Any], Callable[[], Any]] | None:
-        with self._ready:
+    def _take(self) -> _Job | None:
+        with self._changed:
             while True:
-                for index, (heavy, _, _) in enumerate(self._jobs):
-                    if not (heavy and self._heavy_running):
-                        entry = self._jobs.pop(index)
-                        self._heavy_running = self._heavy_running or heavy
-                        return entry
+                in_use = sum(self._running)
+                for index, job in enumerate(self._queue):
+                    if not self._running or in_use + job.cost <= self._budget:
+                        self._running.append(job.cost)
+                        return self._queue.pop(index)
                 if self._closed:
                     return None
-                self._ready.wait()
+                self._changed.wait()
 
     def _work(self) -> None:
-        while (entry := self._next()) is not None:
-            heavy, future, job = entry
-            if future.set_running_or_notify_cancel():
+        while (job := self._take()) is not None:
+            if job.future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(job())
+                    job.future.set_result(job.call())
                 except BaseException as exc:  # handed to whoever waits on the future
-                    future.set_exception(exc)
-            if heavy:
-                with self._ready:
-                    self._heavy_running = False
-                    self._ready.notify_all()
+                    job.future.set_exception(exc)
+            with self._changed:
+                self._running.remove(job.cost)
+                self._changed.notify_all()

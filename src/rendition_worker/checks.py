@@ -1,0 +1,87 @@
+"""System checks (`manage.py check`): every misconfiguration, with a hint that says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings as django_settings
+from django.core import checks
+
+from rendition_worker.conf import SETTING, get_settings
+from rendition_worker.core.encoding import avif_codec_available, encodable_formats
+from rendition_worker.registry import resolve_field
+
+
+def register() -> None:
+    """Register the checks (called from `AppConfig.ready`)."""
+    checks.register(check_settings, "rendition_worker")
+
+
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Report every problem of the RENDITION_WORKER setting."""
+    settings = get_settings()
+    errors: list[checks.CheckMessage] = [
+        checks.Error(problem.message, hint=problem.hint, id=problem.id)
+        for problem in settings.problems
+    ]
+    for key in settings.fields:
+        try:
+            resolve_field(key)
+        except LookupError as exc:
+            errors.append(
+                checks.Error(
+                    f"{SETTING}['FIELDS'][{key!r}] cannot be resolved: {exc}",
+                    hint="Name an ImageField (or FileField) as 'app_label.Model.field'.",
+                    id="rendition_worker.E006",
+                )
+            )
+    available = encodable_formats()
+    for set_name, specs in settings.sets.items():
+        for spec in specs:
+            if spec.format is not None and spec.format not in available:
+                errors.append(
+                    checks.Error(
+                        f"set {set_name!r} asks for {spec.format} ({spec}), which this Pillow "
+                        "cannot encode",
+                        hint=f"Install a Pillow with {spec.format} support, or drop the format "
+                        f"(available: {', '.join(sorted(available))}).",
+                        id="rendition_worker.E007",
+                    )
+                )
+    if "avif" in available and not avif_codec_available(settings.avif_codec):
+        errors.append(
+            checks.Error(
+                f"the AVIF codec {settings.avif_codec!r} is not built into pillow-avif-plugin",
+                hint="Use AVIF_CODEC 'svt' or 'aom', which the PyPI wheels include.",
+                id="rendition_worker.E007",
+            )
+        )
+    errors.extend(_check_aliases(settings.storage, settings.cache))
+    return errors
+
+
+def _check_aliases(storage: str | None, cache: str) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    storages = getattr(django_settings, "STORAGES", {})
+    if storage is not None and storage not in storages:
+        errors.append(
+            checks.Error(
+                f"{SETTING}['STORAGE'] is {storage!r}, which is not in STORAGES",
+                hint=f"Use one of {', '.join(storages) or 'the STORAGES aliases'}, or None.",
+                id="rendition_worker.E008",
+            )
+        )
+    caches = getattr(django_settings, "CACHES", {})
+    if cache not in caches:
+        errors.append(
+            checks.Error(
+                f"{SETTING}['CACHE'] is {cache!r}, which is not in CACHES",
+                hint=f"Use one of {', '.join(caches) or 'the CACHES aliases'}.",
+                id="rendition_worker.E008",
+            )
+        )
+    return errors

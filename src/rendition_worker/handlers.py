@@ -1,0 +1,149 @@
+"""Model signal handlers: notice new, replaced, cleared and deleted images; act after commit.
+
+Wired once from `AppConfig.ready()` (and again when the settings change in tests), per
+registered model so that other models pay nothing. `post_init` snapshots each registered
+field's file name; `post_save` compares, `post_delete` forgets; the work itself runs in
+`transaction.on_commit`, so a rolled-back transaction enqueues and deletes nothing. A
+failure there is logged with model, field and file and never breaks the save: the beat
+reconciliation is the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.files.base import File
+from django.core.signals import setting_changed
+from django.db import models, transaction
+from django.db.models.signals import post_delete, post_init, post_save, pre_save
+
+from rendition_worker import registry
+from rendition_worker.registry import RegisteredField, file_name
+from rendition_worker.services.changes import source_changed
+
+logger = logging.getLogger(__name__)
+
+# Where post_init keeps the file names the instance was loaded (or last saved) with.
+SNAPSHOT_ATTRIBUTE = "_rendition_worker_names"
+# Where pre_save notes the fields that get a freshly uploaded file in this save: with
+# S3's file_overwrite=True a new upload can keep the old name.
+UPLOADED_ATTRIBUTE = "_rendition_worker_uploaded"
+_connected: list[type[models.Model]] = []
+
+
+def connect() -> None:
+    """Connect the handlers for every registered model (idempotent)."""
+    disconnect()
+    for model in {entry.model for entry in registry.registered_fields()}:
+        uid = f"rendition_worker.{model._meta.label_lower}"
+        post_init.connect(_post_init, sender=model, dispatch_uid=uid)
+        pre_save.connect(_pre_save, sender=model, dispatch_uid=uid)
+        post_save.connect(_post_save, sender=model, dispatch_uid=uid)
+        post_delete.connect(_post_delete, sender=model, dispatch_uid=uid)
+        _connected.append(model)
+    setting_changed.connect(_rewire, dispatch_uid="rendition_worker.rewire")
+
+
+def disconnect() -> None:
+    """Disconnect every handler connected by `connect()`."""
+    while _connected:
+        model = _connected.pop()
+        uid = f"rendition_worker.{model._meta.label_lower}"
+        for signal in (post_init, pre_save, post_save, post_delete):
+            signal.disconnect(sender=model, dispatch_uid=uid)
+
+
+def _rewire(*, setting: str, **kwargs: object) -> None:
+    if setting == "RENDITION_WORKER":
+        connect()
+
+
+def _post_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    instance.__dict__[SNAPSHOT_ATTRIBUTE] = {
+        entry.name: file_name(instance, entry) for entry in registry.fields_of(sender)
+    }
+
+
+def _pre_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    uploaded = {
+        entry.name
+        for entry in registry.fields_of(sender)
+        if isinstance(value := instance.__dict__.get(entry.field.attname), File)
+        and not getattr(value, "_committed", True)
+    }
+    instance.__dict__[UPLOADED_ATTRIBUTE] = uploaded
+
+
+def _post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    raw: bool,
+    using: str,
+    update_fields: frozenset[str] | None,
+    **kwargs: Any,
+) -> None:
+    if raw:  # loaddata: the files are whatever the fixture says; reconciliation catches up
+        return
+    snapshot: dict[str, str | None] = instance.__dict__.setdefault(SNAPSHOT_ATTRIBUTE, {})
+    uploaded: set[str] = instance.__dict__.pop(UPLOADED_ATTRIBUTE, set())
+    for entry in registry.fields_of(sender):
+        if update_fields is not None and entry.name not in update_fields:
+            continue
+        new = file_name(instance, entry)
+        old = snapshot.get(entry.name)
+        overwritten = entry.name in uploaded and new == old
+        if new is None or (new == old and not created and not overwritten) or (created and not new):
+            continue
+        snapshot[entry.name] = new
+        change = _Change(entry, str(instance.pk), old or "", new, overwritten=overwritten)
+        transaction.on_commit(change.apply, using=using, robust=True)
+
+
+def _post_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any
+) -> None:
+    snapshot: dict[str, str | None] = instance.__dict__.get(SNAPSHOT_ATTRIBUTE, {})
+    for entry in registry.fields_of(sender):
+        name = file_name(instance, entry)
+        if name is None:
+            name = snapshot.get(entry.name)
+        change = _Change(entry, str(instance.pk), name or "", None)
+        transaction.on_commit(change.apply, using=using, robust=True)
+
+
+class _Change:
+    """A committed change of one field of one row: old name -> new name (None: row deleted)."""
+
+    def __init__(
+        self,
+        entry: RegisteredField,
+        object_id: str,
+        old: str,
+        new: str | None,
+        *,
+        overwritten: bool = False,
+    ) -> None:
+        self.entry = entry
+        self.object_id = object_id
+        self.old = old
+        self.new = new
+        self.overwritten = overwritten
+
+    def apply(self) -> None:
+        try:
+            source_changed(
+                self.entry, self.object_id, self.old, self.new, overwritten=self.overwritten
+            )
+        except Exception:
+            logger.exception(
+                "rendition-worker could not handle %s of %s pk=%s field %s (old %r, new %r); "
+                "the next reconciliation will",
+                "the deletion" if self.new is None else "the change",
+                self.entry.model._meta.label,
+                self.object_id,
+                self.entry.name,
+                self.old,
+                self.new,
+            )

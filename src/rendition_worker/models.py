@@ -1,0 +1,96 @@
+"""Ownership and state: which source file each rendition was made from, and where it is.
+
+- `Source`: one row per (model, row, field): the file name being rendered, its state and
+  error, and the claim of the worker rendering it (one worker per source at a time).
+- `Rendition`: one row per (source, spec): the file it wrote and what it made it from.
+  The unique constraints make concurrent writers safe: a lost race is an IntegrityError.
+- `Tombstone`: a stale file waiting for deletion (DELETE_DELAY, or until a worker runs);
+  durable, so nothing is leaked when a broker or worker is down.
+"""
+
+from __future__ import annotations
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+
+
+class State(models.TextChoices):
+    """Where a source or rendition stands."""
+
+    PENDING = "pending", "pending"
+    READY = "ready", "ready"
+    FAILED = "failed", "failed"
+
+
+class Source(models.Model):
+    """The state of one registered image field of one row."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    # A string so that integer, UUID and text primary keys all fit.
+    object_id = models.CharField(max_length=64)
+    field = models.CharField(max_length=100)
+    name = models.CharField(max_length=1024, help_text="The source file's storage name.")
+    digest = models.CharField(max_length=64, blank=True, help_text="SHA-256 of its content.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    claim = models.CharField(max_length=32, blank=True, help_text="Token of the rendering worker.")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    render_ms = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["content_type", "object_id", "field"], name="rendition_worker_one_source"
+            )
+        ]
+        indexes = [models.Index(fields=["state"], name="rendition_worker_source_state")]
+
+    def __str__(self) -> str:
+        return f"{self.content_type_id}:{self.object_id}.{self.field} {self.name} ({self.state})"
+
+
+class Rendition(models.Model):
+    """One rendition file of one source version, for one canonical spec."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="renditions")
+    spec = models.CharField(max_length=200)
+    source_name = models.CharField(max_length=1024, help_text="The file it was made from.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    name = models.CharField(max_length=1024, blank=True, help_text="The rendition's file name.")
+    format = models.CharField(max_length=8, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes.")
+    encode_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "spec"], name="rendition_worker_one_spec")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.spec} of {self.source_name} ({self.state})"
+
+
+class Tombstone(models.Model):
+    """A stale file to delete once `delete_after` has passed."""
+
+    class Kind(models.TextChoices):
+        RENDITION = "rendition", "rendition"
+        ORIGINAL = "original", "original"
+
+    storage = models.CharField(max_length=100, help_text="A STORAGES alias.")
+    name = models.CharField(max_length=1024)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    delete_after = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.storage}:{self.name} after {self.delete_after:%Y-%m-%d %H:%M}"

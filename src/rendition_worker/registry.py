@@ -1,0 +1,109 @@
+"""Resolve the registered fields (`app_label.Model.field`) to models, fields and storages."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from django.apps import apps
+from django.core.files.storage import Storage, storages
+from django.db import models
+
+from rendition_worker.conf import RenditionSettings, get_settings
+
+FIELD_STORAGE_PREFIX = "field:"
+
+
+@dataclass(frozen=True)
+class RegisteredField:
+    """One registered file field: its settings key, model and field."""
+
+    key: str
+    model: type[models.Model]
+    field: models.FileField
+
+    @property
+    def name(self) -> str:
+        """The field's name on the model."""
+        return self.field.name
+
+    @property
+    def model_label(self) -> str:
+        """`app_label.modelname`, as task arguments carry it."""
+        return str(self.model._meta.label_lower)
+
+
+def resolve_field(key: str) -> RegisteredField:
+    """The field a FIELDS key names; `LookupError` saying what is wrong otherwise."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        raise LookupError(f"{key!r} is not of the form 'app_label.Model.field'")
+    app_label, model_name, field_name = parts
+    model = apps.get_model(app_label, model_name)  # raises LookupError with its own message
+    try:
+        field = model._meta.get_field(field_name)
+    except Exception as exc:
+        raise LookupError(f"{model.__name__} has no field {field_name!r}") from exc
+    if not isinstance(field, models.FileField):
+        raise LookupError(f"{key} is a {type(field).__name__}, not an ImageField or FileField")
+    return RegisteredField(key, model, field)
+
+
+def registered_fields() -> tuple[RegisteredField, ...]:
+    """Every resolvable registered field (checks report the others)."""
+    return _resolved(get_settings())
+
+
+@functools.cache
+def _resolved(settings: RenditionSettings) -> tuple[RegisteredField, ...]:
+    found = []
+    for key in settings.fields:
+        try:
+            found.append(resolve_field(key))
+        except LookupError:
+            continue
+    return tuple(found)
+
+
+def fields_of(model: type[models.Model]) -> tuple[RegisteredField, ...]:
+    """The registered fields of `model` (concrete model of a proxy included)."""
+    concrete = model._meta.concrete_model
+    return tuple(entry for entry in registered_fields() if entry.model is concrete)
+
+
+def field_for(model_label: str, field_name: str) -> RegisteredField | None:
+    """The registered field named by a task's arguments, or None if it is not registered."""
+    for entry in registered_fields():
+        if entry.model_label == model_label and entry.name == field_name:
+            return entry
+    return None
+
+
+def rendition_storage_ref(entry: RegisteredField) -> str:
+    """Where `entry`'s renditions go: the STORAGE alias, or the source field's own storage."""
+    alias = get_settings().storage
+    return alias if alias is not None else FIELD_STORAGE_PREFIX + entry.key
+
+
+def original_storage_ref(entry: RegisteredField) -> str:
+    """A reference to the storage of `entry`'s original files."""
+    return FIELD_STORAGE_PREFIX + entry.key
+
+
+def file_name(instance: models.Model, entry: RegisteredField) -> str | None:
+    """The file name in `entry`'s field of `instance`; None when the field was not loaded."""
+    value = instance.__dict__.get(entry.field.attname, _DEFERRED)
+    if value is _DEFERRED:
+        return None
+    name = getattr(value, "name", value)
+    return str(name) if name else ""
+
+
+_DEFERRED = object()
+
+
+def storage_for(ref: str) -> Storage:
+    """The storage a reference names (see `rendition_storage_ref`)."""
+    if ref.startswith(FIELD_STORAGE_PREFIX):
+        return resolve_field(ref.removeprefix(FIELD_STORAGE_PREFIX)).field.storage
+    return storages[ref]

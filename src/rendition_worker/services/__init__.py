@@ -1,0 +1,1 @@
+"""Services: what the signal handlers, tasks and commands do, one module per job."""

@@ -1,0 +1,307 @@
+"""Generate every required rendition of one source version, as the worker task does.
+
+The service re-reads the world before acting: the row must exist and still hold the file
+the task was enqueued for, and the worker must win the claim on the source's state row (one
+worker per source at a time; a duplicate task returns at once). Each file is written under
+its content-addressed name and recorded under a lock on the state row, the same lock the
+change handler takes, so a task for a replaced or deleted image records nothing and removes
+what it wrote. A bad source is recorded as failed and not retried; storage and database
+errors raise `TransientError` for the task to retry with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from typing import IO, Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from rendition_worker import cache, registry
+from rendition_worker.conf import RenditionSettings, get_settings
+from rendition_worker.core.errors import BadSource, RenditionError, SourceProblem
+from rendition_worker.core.naming import rendition_name, source_key
+from rendition_worker.core.pipeline import Rendered, render
+from rendition_worker.models import Rendition, Source, State, Tombstone
+from rendition_worker.registry import RegisteredField, file_name
+from rendition_worker.services.state import source_point_at
+from rendition_worker.services.tombstones import tombstones_add
+
+logger = logging.getLogger(__name__)
+
+# How long a claim holds: longer than the task's hard time limit, so that a claim only
+# lapses when its worker is gone (killed, lost), and then another worker may take over.
+CLAIM_SECONDS = 15 * 60
+# Sources up to this size are read into memory; larger ones spill to a temporary file.
+SPOOL_BYTES = 64 * 2**20
+
+
+class TransientError(RenditionError):
+    """A storage or database failure that a retry may not meet again."""
+
+
+def source_generate(
+    model_label: str,
+    object_id: str,
+    field: str,
+    name: str,
+    *,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Render every required spec of `name` in `model_label`'s `field` of row `object_id`."""
+    started = time.perf_counter()
+    settings = get_settings().require_valid()
+    entry = registry.field_for(model_label, field)
+    if entry is None:
+        logger.warning("%s.%s is not a registered field; task ignored", model_label, field)
+        return {"status": "unregistered"}
+    try:
+        instance = entry.model._default_manager.filter(pk=object_id).first()
+        if instance is None:
+            return {"status": "gone"}
+        if file_name(instance, entry) != name:
+            return {"status": "stale"}
+        content_type = ContentType.objects.get_for_model(entry.model)
+        source = _source_row(entry, content_type, object_id, name)
+        token = _claim(source, name, force=force, retry_failed=retry_failed)
+    except DatabaseError as exc:
+        raise TransientError(f"database error before rendering {name!r}: {exc}") from exc
+    if token is None:
+        state = Source.objects.filter(pk=source.pk).values_list("state", flat=True).first()
+        # Done, failed before (not retried until the file changes), or another worker has it.
+        status = (
+            {State.READY: "done", State.FAILED: "failed-before"}.get(State(state or ""), "claimed")
+            if state
+            else "gone"
+        )
+        return {"status": status}
+    job = _Job(settings, entry, content_type, source, name, token)
+    try:
+        summary = job.run()
+    except (OSError, DatabaseError) as exc:
+        job.release()
+        raise TransientError(f"storage or database error rendering {name!r}: {exc}") from exc
+    except BaseException:
+        job.release()
+        raise
+    summary["ms"] = round((time.perf_counter() - started) * 1000)
+    return summary
+
+
+def _source_row(
+    entry: RegisteredField, content_type: ContentType, object_id: str, name: str
+) -> Source:
+    source = Source.objects.filter(
+        content_type=content_type, object_id=object_id, field=entry.name
+    ).first()
+    if source is not None and source.name == name:
+        return source
+    # No signal told us about this file (bulk_create, QuerySet.update, raw SQL): record the
+    # change as the handler would have, without enqueueing (this task is the generation).
+    source_point_at(entry, object_id, source.name if source else "", name)
+    return Source.objects.get(content_type=content_type, object_id=object_id, field=entry.name)
+
+
+def _claim(source: Source, name: str, *, force: bool, retry_failed: bool) -> str | None:
+    now = timezone.now()
+    claimable = Source.objects.filter(pk=source.pk, name=name).filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    )
+    if not force:
+        claimable = claimable.exclude(state=State.READY)
+        if not retry_failed:
+            claimable = claimable.exclude(state=State.FAILED)
+    token = uuid.uuid4().hex
+    claimed = claimable.update(
+        claim=token,
+        claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+        state=State.PENDING,
+        error="",
+        started_at=now,
+    )
+    return token if claimed else None
+
+
+class _Job:
+    """One claimed generation: read, render, write and record, release."""
+
+    def __init__(
+        self,
+        settings: RenditionSettings,
+        entry: RegisteredField,
+        content_type: ContentType,
+        source: Source,
+        name: str,
+        token: str,
+    ) -> None:
+        self.settings = settings
+        self.entry = entry
+        self.content_type = content_type
+        self.source = source
+        self.name = name
+        self.token = token
+        self.storage_ref = registry.rendition_storage_ref(entry)
+        self.storage: Storage = registry.storage_for(self.storage_ref)
+        self.started = time.perf_counter()
+
+    def run(self) -> dict[str, Any]:
+        with _read_source(self.entry.field.storage, self.name) as (fp, digest):
+            if fp is None:
+                missing = f"the source file {self.name!r} is not in its storage"
+                return self._fail(digest, BadSource(SourceProblem.MISSING, missing))
+            try:
+                specs = self.settings.specs_for(self.entry.key)
+                rendering = render(fp, specs, self.settings.render_options)
+            except BadSource as exc:
+                return self._fail(digest, exc)
+            identity = f"{self.entry.model_label}:{self.source.object_id}:{self.entry.name}"
+            key = source_key(identity, digest)
+            written = recorded = total = 0
+            for rendered in rendering:
+                target = rendition_name(
+                    path=self.settings.path,
+                    key=key,
+                    source_name=self.name,
+                    spec=rendered.spec,
+                    output_format=rendered.format,
+                    fingerprint=self.settings.encoder.fingerprint,
+                )
+                written += self._write(target, rendered.data)
+                if not self._record(target, rendered):
+                    return {"status": "stale", "renditions": recorded}
+                recorded += 1
+                total += len(rendered.data)
+        finished = self._finish(digest, rendering.source.width, rendering.source.height)
+        return {
+            "status": "ready" if finished else "stale",
+            "renditions": recorded,
+            "written": written,
+            "bytes": total,
+        }
+
+    def release(self) -> None:
+        """Give the claim back so that a retry can take it at once."""
+        try:
+            Source.objects.filter(pk=self.source.pk, claim=self.token).update(
+                claim="", claimed_until=None
+            )
+        except DatabaseError:
+            logger.warning("could not release the claim on %s; it lapses by itself", self.name)
+
+    def _write(self, target: str, data: bytes) -> int:
+        # The name is content-addressed: a file already there has exactly these bytes.
+        if self.storage.exists(target):
+            return 0
+        saved = self.storage.save(target, ContentFile(data))
+        if saved != target:  # another worker saved it meanwhile; ours is a duplicate
+            self.storage.delete(saved)
+            return 0
+        return 1
+
+    def _record(self, target: str, rendered: Rendered) -> bool:
+        spec = str(rendered.spec)
+        with transaction.atomic():
+            source = Source.objects.select_for_update().filter(pk=self.source.pk).first()
+            if source is None or source.name != self.name:
+                # Replaced or deleted while we rendered: nobody will ever reference the file.
+                self.storage.delete(target)
+                return False
+            if source.claim != self.token:
+                return False  # our claim lapsed and another worker renders this version
+            previous = (
+                Rendition.objects.filter(source=source, spec=spec)
+                .values_list("name", flat=True)
+                .first()
+            )
+            try:
+                Rendition.objects.update_or_create(
+                    source=source,
+                    spec=spec,
+                    defaults={
+                        "source_name": self.name,
+                        "state": State.READY,
+                        "name": target,
+                        "format": rendered.format,
+                        "width": rendered.width,
+                        "height": rendered.height,
+                        "size": len(rendered.data),
+                        "encode_ms": round(rendered.encode_ms),
+                    },
+                )
+            except IntegrityError:
+                return False
+            if previous and previous != target:
+                tombstones_add(self.storage_ref, [previous], Tombstone.Kind.RENDITION)
+        cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
+        return True
+
+    def _finish(self, digest: str, width: int, height: int) -> bool:
+        done = Source.objects.filter(pk=self.source.pk, name=self.name, claim=self.token).update(
+            state=State.READY,
+            digest=digest,
+            width=width,
+            height=height,
+            error="",
+            claim="",
+            claimed_until=None,
+            finished_at=timezone.now(),
+            render_ms=round((time.perf_counter() - self.started) * 1000),
+        )
+        cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
+        return bool(done)
+
+    def _fail(self, digest: str, error: BadSource) -> dict[str, Any]:
+        logger.warning(
+            "cannot render %s of %s pk=%s: %s",
+            self.name,
+            self.entry.model._meta.label,
+            self.source.object_id,
+            error,
+        )
+        Source.objects.filter(pk=self.source.pk, name=self.name, claim=self.token).update(
+            state=State.FAILED,
+            digest=digest,
+            error=str(error),
+            claim="",
+            claimed_until=None,
+            finished_at=timezone.now(),
+        )
+        cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
+        return {"status": "failed", "error": str(error), "problem": str(error.problem)}
+
+
+class _read_source:  # used as a context manager, reads like one
+    """Copy the source into a spooled file, hashing it on the way; (None, '') if missing."""
+
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.spool: IO[bytes] | None = None
+
+    def __enter__(self) -> tuple[IO[bytes] | None, str]:
+        digest = hashlib.sha256()
+        try:
+            remote = self.storage.open(self.name, "rb")
+        except FileNotFoundError:
+            return None, ""
+        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        with remote:
+            for chunk in remote.chunks():
+                digest.update(chunk)
+                self.spool.write(chunk)
+        self.spool.seek(0)
+        return self.spool, digest.hexdigest()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.spool is not None:
+            self.spool.close()

@@ -1,0 +1,87 @@
+"""The Celery tasks: thin adapters from JSON arguments to services, with retry policy.
+
+`shared_task`, so the user's own Celery app picks them up (`autodiscover_tasks()`); the
+reusable app creates no Celery app. Arguments are ids and names only, never objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from rendition_worker.conf import get_settings
+from rendition_worker.registry import RegisteredField
+from rendition_worker.services.generation import TransientError, source_generate
+from rendition_worker.services.tombstones import tombstones_delete
+
+# Rendering a 100 MP source into a dozen renditions takes ~10 s on one core; a minute is
+# a generous soft limit, and the hard limit leaves time to give the claim back.
+SOFT_TIME_LIMIT = 5 * 60
+TIME_LIMIT = SOFT_TIME_LIMIT + 30
+
+
+@shared_task(
+    name="rendition_worker.generate",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(TransientError,),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=10,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def generate(
+    model: str,
+    object_id: str,
+    field: str,
+    name: str,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Generate every required rendition of one source version; returns a small summary."""
+    return source_generate(model, object_id, field, name, force=force, retry_failed=retry_failed)
+
+
+@shared_task(
+    name="rendition_worker.delete",
+    acks_late=True,
+    autoretry_for=(OSError, TransientError),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=10,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def delete() -> dict[str, int]:
+    """Delete stale files whose tombstones are due, a batch at a time."""
+    summary = tombstones_delete()
+    if summary["more"]:
+        enqueue_delete(countdown=0)
+    return summary
+
+
+def enqueue_generate(
+    entry: RegisteredField, object_id: str, name: str, *, force: bool = False
+) -> None:
+    """Queue generation of `name` for row `object_id` of `entry`'s model."""
+    generate.apply_async(
+        kwargs={
+            "model": entry.model_label,
+            "object_id": object_id,
+            "field": entry.name,
+            "name": name,
+            "force": force,
+        },
+        queue=get_settings().queue,
+    )
+
+
+def enqueue_delete(countdown: int | None = None) -> None:
+    """Queue the deletion of due tombstones, after DELETE_DELAY by default."""
+    delay = get_settings().delete_delay if countdown is None else countdown
+    # One second past the delay: the tombstones written just now are due by then.
+    delete.apply_async(queue=get_settings().queue, countdown=delay + 1 if delay else 0)

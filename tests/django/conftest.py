@@ -1,0 +1,147 @@
+"""Fixtures for the Django tests: a real Celery worker on real Redis, real files, real DB.
+
+The worker is Celery's own test worker (`celery.contrib.testing.worker.start_worker`): a
+real consumer on the Redis broker, running in a thread of the test process so that it sees
+the test database and the per-test settings. No eager mode, no mocked broker: every task
+goes through Redis as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import signals
+from django.conf import settings as django_settings
+from django.core.files.base import ContentFile
+from PIL import Image
+
+SERVICES_REQUIRED = os.environ.get("RENDITION_WORKER_REQUIRE_SERVICES") == "1"
+
+
+class WorkerTracker:
+    """Counts the tasks the worker received and finished, to know when it is idle."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received = 0
+        self.finished = 0
+        self.results: list[tuple[str, Any]] = []
+        signals.task_received.connect(self._received, weak=False)
+        signals.task_postrun.connect(self._finished, weak=False)
+
+    def _received(self, **kwargs: Any) -> None:
+        with self.lock:
+            self.received += 1
+
+    def _finished(self, task: Any = None, retval: Any = None, **kwargs: Any) -> None:
+        with self.lock:
+            self.finished += 1
+            self.results.append((getattr(task, "name", "?"), retval))
+
+    @property
+    def outstanding(self) -> int:
+        with self.lock:
+            return self.received - self.finished
+
+
+def _broker_reachable() -> bool:
+    try:
+        return bool(redis.Redis.from_url(django_settings.CELERY_BROKER_URL).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[WorkerTracker]:
+    """A real Celery worker consuming the test queue on Redis, for the whole session."""
+    if not _broker_reachable():
+        message = f"Redis is not reachable at {django_settings.CELERY_BROKER_URL}"
+        if SERVICES_REQUIRED:
+            pytest.fail(message + " (RENDITION_WORKER_REQUIRE_SERVICES=1)")
+        pytest.skip(message)
+    from celery.contrib.testing.worker import start_worker
+
+    from tests.celery_app import app
+
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).delete(django_settings.TEST_QUEUE)
+    tracker = WorkerTracker()
+    # The worker thread uses the database between tests too (late tasks of the previous
+    # test), so database access stays unblocked for the session.
+    with (
+        django_db_blocker.unblock(),
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=2,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            queues=[django_settings.TEST_QUEUE],
+            shutdown_timeout=60,
+        ),
+    ):
+        yield tracker
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def worker(celery_worker: WorkerTracker, transactional_db: None, settings: Any, tmp_path: Path) -> Iterator[WorkerTracker]:
+    """The session worker, with real commits, a fresh MEDIA_ROOT and a clean cache per test."""
+    from django.core.cache import cache
+
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    cache.clear()
+    yield celery_worker
+    wait_idle(celery_worker)
+
+
+def wait_idle(tracker: WorkerTracker, timeout: float = 60) -> None:
+    """Wait until the queue is empty and the worker has finished what it received."""
+    queue = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+
+    def idle() -> bool:
+        return queue.llen(django_settings.TEST_QUEUE) == 0 and tracker.outstanding == 0
+
+    wait_for(idle, timeout, "the worker to finish its tasks")
+
+
+def jpeg_bytes(size: tuple[int, int] = (400, 300), color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
+    """A small real JPEG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def upload(data: bytes, name: str = "photo.jpg") -> ContentFile[bytes]:
+    """An uploaded file as a form would give it."""
+    return ContentFile(data, name=name)
+
+
+def media_files(root: str | Path, prefix: str = "") -> set[str]:
+    """Every file under MEDIA_ROOT (or a prefix of it), as storage names."""
+    base = Path(root)
+    return {
+        str(path.relative_to(base))
+        for path in base.rglob("*")
+        if path.is_file() and str(path.relative_to(base)).startswith(prefix)
+    }

@@ -1,0 +1,98 @@
+"""Django settings of the test project: real SQLite or PostgreSQL, real Redis, temp media."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "tests-only"
+USE_TZ = True
+DEBUG = False
+ROOT_URLCONF = "tests.urls"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rendition_worker",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="rendition-worker-tests-"))
+MEDIA_ROOT = str(_RUN_DIR / "media")
+MEDIA_URL = "/media/"
+
+# RENDITION_WORKER_TEST_DB=postgres runs the suite on PostgreSQL (127.0.0.1, trust auth).
+if os.environ.get("RENDITION_WORKER_TEST_DB", "sqlite") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "test",
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "HOST": "127.0.0.1",
+            "PORT": "5432",
+            "TEST": {"NAME": f"test_rendition_worker_{os.getpid()}"},
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(_RUN_DIR / "db.sqlite3"),
+            # A file, not memory: the worker thread needs its own connection to the data,
+            # and IMMEDIATE transactions queue writers instead of failing with "locked".
+            "TEST": {"NAME": str(_RUN_DIR / "test.sqlite3")},
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+        }
+    }
+
+REDIS_URL = os.environ.get("RENDITION_WORKER_TEST_REDIS", "redis://127.0.0.1:6379")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"{REDIS_URL}/3",
+        "KEY_PREFIX": f"rw-tests-{os.getpid()}",
+    }
+}
+
+# One queue per test run, so that parallel runs on one Redis never take each other's tasks.
+TEST_QUEUE = f"renditions-test-{os.getpid()}"
+CELERY_BROKER_URL = f"{REDIS_URL}/2"
+CELERY_RESULT_BACKEND = f"{REDIS_URL}/2"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = TEST_QUEUE
+
+RENDITION_WORKER = {
+    "SETS": {
+        "hero": {"widths": [160, 320], "formats": ["avif", "webp", "jpeg"]},
+        "thumb": {"specs": ["fill-64x64|format-webp"]},
+    },
+    "FIELDS": {
+        "testapp.Photo.image": ["hero", "thumb"],
+        "testapp.Photo.cover": ["thumb"],
+        "testapp.Poster.image": ["hero"],
+    },
+    "QUEUE": TEST_QUEUE,
+}
