@@ -61,8 +61,17 @@ def _rewire(*, setting: str, **kwargs: object) -> None:
 
 def _post_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     instance.__dict__[SNAPSHOT_ATTRIBUTE] = {
-        entry.name: file_name(instance, entry) for entry in registry.fields_of(sender)
+        entry.name: _stored_name(instance, entry) for entry in registry.fields_of(sender)
     }
+
+
+def _stored_name(instance: models.Model, entry: RegisteredField) -> str | None:
+    # A file passed to the constructor is not stored yet: its name is only what the upload
+    # was called ("v1.jpg"), not a file of ours to retire later ("photos/v1.jpg").
+    value = instance.__dict__.get(entry.field.attname)
+    if isinstance(value, File) and not getattr(value, "_committed", True):
+        return ""
+    return file_name(instance, entry)
 
 
 def _pre_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
@@ -92,7 +101,7 @@ def _post_save(
         if update_fields is not None and entry.name not in update_fields:
             continue
         new = file_name(instance, entry)
-        old = snapshot.get(entry.name)
+        old = "" if created else snapshot.get(entry.name)
         overwritten = entry.name in uploaded and new == old
         if new is None or (new == old and not created and not overwritten) or (created and not new):
             continue

@@ -13,6 +13,7 @@ from celery import shared_task
 from rendition_worker.conf import get_settings
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services.generation import TransientError, source_generate
+from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
 # Rendering a 100 MP source into a dozen renditions takes ~10 s on one core; a minute is
@@ -40,9 +41,24 @@ def generate(
     name: str,
     force: bool = False,
     retry_failed: bool = False,
+    overwritten: bool = False,
+    retired_original: bool = False,
 ) -> dict[str, Any]:
     """Generate every required rendition of one source version; returns a small summary."""
-    return source_generate(model, object_id, field, name, force=force, retry_failed=retry_failed)
+    if retired_original:
+        enqueue_delete()
+    summary = source_generate(
+        model,
+        object_id,
+        field,
+        name,
+        force=force,
+        retry_failed=retry_failed,
+        overwritten=overwritten,
+    )
+    if summary.get("retired"):
+        enqueue_delete()
+    return summary
 
 
 @shared_task(
@@ -56,16 +72,30 @@ def generate(
     soft_time_limit=SOFT_TIME_LIMIT,
     time_limit=TIME_LIMIT,
 )
-def delete() -> dict[str, int]:
-    """Delete stale files whose tombstones are due, a batch at a time."""
-    summary = tombstones_delete()
+def delete(
+    model: str | None = None, object_id: str | None = None, field: str | None = None
+) -> dict[str, Any]:
+    """Retire a deleted or cleared source (when named), then delete the due stale files."""
+    summary: dict[str, Any] = {}
+    if model is not None and object_id is not None and field is not None:
+        summary = source_forget(model, object_id, field)
+        if get_settings().delete_delay:
+            enqueue_delete()  # its files are due only after DELETE_DELAY
+            return summary
+    summary.update(tombstones_delete())
     if summary["more"]:
         enqueue_delete(countdown=0)
     return summary
 
 
 def enqueue_generate(
-    entry: RegisteredField, object_id: str, name: str, *, force: bool = False
+    entry: RegisteredField,
+    object_id: str,
+    name: str,
+    *,
+    force: bool = False,
+    overwritten: bool = False,
+    retired_original: bool = False,
 ) -> None:
     """Queue generation of `name` for row `object_id` of `entry`'s model."""
     generate.apply_async(
@@ -75,7 +105,17 @@ def enqueue_generate(
             "field": entry.name,
             "name": name,
             "force": force,
+            "overwritten": overwritten,
+            "retired_original": retired_original,
         },
+        queue=get_settings().queue,
+    )
+
+
+def enqueue_forget(entry: RegisteredField, object_id: str) -> None:
+    """Queue the retirement of a deleted or cleared source, and its stale files."""
+    delete.apply_async(
+        kwargs={"model": entry.model_label, "object_id": object_id, "field": entry.name},
         queue=get_settings().queue,
     )
 

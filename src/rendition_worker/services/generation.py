@@ -57,8 +57,12 @@ def source_generate(
     *,
     force: bool = False,
     retry_failed: bool = False,
+    overwritten: bool = False,
 ) -> dict[str, Any]:
-    """Render every required spec of `name` in `model_label`'s `field` of row `object_id`."""
+    """Render every required spec of `name` in `model_label`'s `field` of row `object_id`.
+
+    `overwritten`: the file was uploaded again under the same name; what exists is stale.
+    """
     started = time.perf_counter()
     settings = get_settings().require_valid()
     entry = registry.field_for(model_label, field)
@@ -72,19 +76,16 @@ def source_generate(
         if file_name(instance, entry) != name:
             return {"status": "stale"}
         content_type = ContentType.objects.get_for_model(entry.model)
-        source = _source_row(entry, content_type, object_id, name)
+        source, retired = _source_row(entry, content_type, object_id, name, overwritten=overwritten)
         token = _claim(source, name, force=force, retry_failed=retry_failed)
     except DatabaseError as exc:
         raise TransientError(f"database error before rendering {name!r}: {exc}") from exc
     if token is None:
         state = Source.objects.filter(pk=source.pk).values_list("state", flat=True).first()
         # Done, failed before (not retried until the file changes), or another worker has it.
-        status = (
-            {State.READY: "done", State.FAILED: "failed-before"}.get(State(state or ""), "claimed")
-            if state
-            else "gone"
-        )
-        return {"status": status}
+        statuses = {State.READY.value: "done", State.FAILED.value: "failed-before"}
+        status = statuses.get(state, "claimed") if state else "gone"
+        return {"status": status, "retired": retired}
     job = _Job(settings, entry, content_type, source, name, token)
     try:
         summary = job.run()
@@ -94,22 +95,30 @@ def source_generate(
     except BaseException:
         job.release()
         raise
+    summary["retired"] = retired
     summary["ms"] = round((time.perf_counter() - started) * 1000)
     return summary
 
 
 def _source_row(
-    entry: RegisteredField, content_type: ContentType, object_id: str, name: str
-) -> Source:
+    entry: RegisteredField,
+    content_type: ContentType,
+    object_id: str,
+    name: str,
+    *,
+    overwritten: bool,
+) -> tuple[Source, int]:
+    """The state row for `name`, and how many stale files pointing it there retired."""
     source = Source.objects.filter(
         content_type=content_type, object_id=object_id, field=entry.name
     ).first()
-    if source is not None and source.name == name:
-        return source
-    # No signal told us about this file (bulk_create, QuerySet.update, raw SQL): record the
-    # change as the handler would have, without enqueueing (this task is the generation).
-    source_point_at(entry, object_id, source.name if source else "", name)
-    return Source.objects.get(content_type=content_type, object_id=object_id, field=entry.name)
+    if source is not None and source.name == name and not overwritten:
+        return source, 0
+    # A new or replaced file (or one no signal told us about: bulk_create, update(), raw
+    # SQL): point the state at it and retire what was made from any other file.
+    retired = source_point_at(entry, object_id, name, overwritten=overwritten)
+    source = Source.objects.get(content_type=content_type, object_id=object_id, field=entry.name)
+    return source, retired
 
 
 def _claim(source: Source, name: str, *, force: bool, retry_failed: bool) -> str | None:

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.utils import timezone
 
 from rendition_worker import cache, registry
-from rendition_worker.conf import get_settings
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField
-from rendition_worker.services.tombstones import original_referenced, tombstones_add
-
-
-@dataclass(frozen=True, slots=True)
-class Retired:
-    """What `source_point_at` tombstoned: rendition files and originals."""
-
-    renditions: int
-    originals: int
+from rendition_worker.services.tombstones import tombstones_add
 
 
 def source_point_at(
-    entry: RegisteredField, object_id: str, old: str, new: str, *, overwritten: bool = False
-) -> Retired:
+    entry: RegisteredField, object_id: str, new: str, *, overwritten: bool = False
+) -> int:
     """Make the state of `entry` on row `object_id` follow file `new` ('' = no file, no row).
 
-    Under a lock on the state row (the worker records renditions under the same lock):
+    Under a lock on the state row (the worker records renditions under the same lock), the
     renditions of any other file, or all of them when `overwritten` (a new upload kept the
-    name), are deleted and their files tombstoned; so is the original `old` when
-    DELETE_ORIGINALS is on and no registered field references it any more.
+    name), are deleted and their files tombstoned. Returns how many files were tombstoned.
     """
-    settings = get_settings().require_valid()
     content_type = ContentType.objects.get_for_model(entry.model)
     with transaction.atomic():
         source = (
@@ -60,13 +47,8 @@ def source_point_at(
                 defaults=_pending(new),
             )
         tombstones_add(registry.rendition_storage_ref(entry), stale_files, Tombstone.Kind.RENDITION)
-        retire_original = (
-            settings.delete_originals and old and old != new and not original_referenced(old)
-        )
-        originals = [old] if retire_original else []
-        tombstones_add(registry.original_storage_ref(entry), originals, Tombstone.Kind.ORIGINAL)
-    cache.invalidate(content_type.pk, object_id, entry.name, old, new, *stale_versions)
-    return Retired(len(stale_files), len(originals))
+    cache.invalidate(content_type.pk, object_id, entry.name, new, *stale_versions)
+    return len(stale_files)
 
 
 def _pending(name: str) -> dict[str, object]:
@@ -86,3 +68,18 @@ def _pending(name: str) -> dict[str, object]:
         "finished_at": None,
         "render_ms": None,
     }
+
+
+def source_forget(model_label: str, object_id: str, field: str) -> dict[str, int | str]:
+    """After a row was deleted or its field cleared: retire its renditions and state row.
+
+    The row is read again first: if it has a file by now (cleared, then set again before
+    this ran), the generation task of that file owns the state and nothing is retired.
+    """
+    entry = registry.field_for(model_label, field)
+    if entry is None:
+        return {"status": "unregistered"}
+    instance = entry.model._default_manager.filter(pk=object_id).first()
+    if instance is not None and registry.file_name(instance, entry):
+        return {"status": "has-file"}
+    return {"status": "forgotten", "retired": source_point_at(entry, object_id, "")}
