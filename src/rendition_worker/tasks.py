@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from rendition_worker.conf import get_settings
 from rendition_worker.registry import RegisteredField
-from rendition_worker.services.generation import TransientError, source_generate
+from rendition_worker.services.generation import TransientError, source_fail, source_generate
 from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
@@ -47,15 +48,22 @@ def generate(
     """Generate every required rendition of one source version; returns a small summary."""
     if retired_original:
         enqueue_delete()
-    summary = source_generate(
-        model,
-        object_id,
-        field,
-        name,
-        force=force,
-        retry_failed=retry_failed,
-        overwritten=overwritten,
-    )
+    try:
+        summary = source_generate(
+            model,
+            object_id,
+            field,
+            name,
+            force=force,
+            retry_failed=retry_failed,
+            overwritten=overwritten,
+        )
+    except SoftTimeLimitExceeded:
+        # Retrying would time out again, at every reconciliation: record it like a bad
+        # source, so that it waits for a new file or --retry-failed.
+        error = f"rendering took longer than the {SOFT_TIME_LIMIT} s time limit"
+        source_fail(model, object_id, field, name, error)
+        return {"status": "failed", "error": error}
     if summary.get("retired"):
         enqueue_delete()
     return summary

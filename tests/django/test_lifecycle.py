@@ -370,3 +370,27 @@ def test_two_fields_of_one_row_are_independent(worker: WorkerTracker, settings: 
     wait_idle(worker)
     assert source_of(photo, "image").state == State.READY  # type: ignore[union-attr]
     assert len(rendition_files(settings.MEDIA_ROOT)) == HERO_AND_THUMB
+
+
+def test_regenerating_with_new_encoder_settings_replaces_the_files(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    from rendition_worker import registry, tasks
+
+    photo = Photo.objects.create(image=upload(jpeg_bytes()))
+    old_rows = settled(photo, HERO_AND_THUMB)
+    wait_idle(worker)
+    # The encoder settings are part of every name: a new codec means new files.
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "AVIF_CODEC": "aom"}
+    entry = registry.field_for("testapp.photo", "image")
+    assert entry is not None
+    tasks.enqueue_generate(entry, str(photo.pk), photo.image.name, force=True)
+
+    def regenerated() -> set[str] | None:
+        names = set(Rendition.objects.values_list("name", flat=True))
+        return names if not names & {row.name for row in old_rows} else None
+
+    new_names = wait_for(regenerated, what="the renditions to be regenerated")
+    wait_for(lambda: not Tombstone.objects.exists(), what="the old files to be deleted")
+    wait_idle(worker)
+    assert rendition_files(settings.MEDIA_ROOT) == new_names

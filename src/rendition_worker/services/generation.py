@@ -49,6 +49,17 @@ class TransientError(RenditionError):
     """A storage or database failure that a retry may not meet again."""
 
 
+def source_fail(model_label: str, object_id: str, field: str, name: str, error: str) -> None:
+    """Record that `name` cannot be rendered (e.g. it took longer than the time limit)."""
+    entry = registry.field_for(model_label, field)
+    if entry is None:
+        return
+    content_type = ContentType.objects.get_for_model(entry.model)
+    Source.objects.filter(
+        content_type=content_type, object_id=object_id, field=field, name=name
+    ).update(state=State.FAILED, error=error, claim="", claimed_until=None)
+
+
 def source_generate(
     model_label: str,
     object_id: str,
@@ -95,7 +106,7 @@ def source_generate(
     except BaseException:
         job.release()
         raise
-    summary["retired"] = retired
+    summary["retired"] = retired + job.superseded
     summary["ms"] = round((time.perf_counter() - started) * 1000)
     return summary
 
@@ -162,6 +173,7 @@ class _Job:
         self.storage_ref = registry.rendition_storage_ref(entry)
         self.storage: Storage = registry.storage_for(self.storage_ref)
         self.started = time.perf_counter()
+        self.superseded = 0  # files of earlier encoder settings this job replaced
 
     def run(self) -> dict[str, Any]:
         with _read_source(self.entry.field.storage, self.name) as (fp, digest):
@@ -250,7 +262,9 @@ class _Job:
             except IntegrityError:
                 return False
             if previous and previous != target:
-                tombstones_add(self.storage_ref, [previous], Tombstone.Kind.RENDITION)
+                self.superseded += tombstones_add(
+                    self.storage_ref, [previous], Tombstone.Kind.RENDITION
+                )
         cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
         return True
 
