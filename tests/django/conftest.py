@@ -59,10 +59,40 @@ def _broker_reachable() -> bool:
         return False
 
 
+def _missing_service() -> str | None:
+    """Why the Django tests cannot run here, or None when Redis (and PostgreSQL) answer."""
+    if not _broker_reachable():
+        return f"Redis is not reachable at {django_settings.CELERY_BROKER_URL}"
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):
+        import psycopg
+
+        try:
+            psycopg.connect(
+                host=database["HOST"],
+                port=database["PORT"],
+                user=database["USER"],
+                dbname=database["NAME"],
+                connect_timeout=3,
+            ).close()
+        except psycopg.Error as exc:
+            return f"PostgreSQL is not reachable at {database['HOST']}:{database['PORT']}: {exc}"
+    return None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _services() -> None:
+    """Skip the Django tests, saying why, when a service is down; fail when CI requires it."""
+    missing = _missing_service()
+    if missing is None:
+        return
+    if SERVICES_REQUIRED:
+        pytest.fail(f"{missing} (RENDITION_WORKER_REQUIRE_SERVICES=1)")
+    pytest.skip(f"{missing}: start it to run the Django tests (see README)")
+
+
 @pytest.fixture(scope="session")
-def celery_worker(
-    django_db_setup: None, django_db_blocker: Any
-) -> Iterator[WorkerTracker]:
+def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[WorkerTracker]:
     """A real Celery worker consuming the test queue on Redis, for the whole session."""
     if not _broker_reachable():
         message = f"Redis is not reachable at {django_settings.CELERY_BROKER_URL}"
@@ -105,7 +135,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "") 
 
 
 @pytest.fixture
-def worker(celery_worker: WorkerTracker, transactional_db: None, settings: Any, tmp_path: Path) -> Iterator[WorkerTracker]:
+def worker(
+    celery_worker: WorkerTracker, transactional_db: None, settings: Any, tmp_path: Path
+) -> Iterator[WorkerTracker]:
     """The session worker, with real commits, a fresh MEDIA_ROOT and a clean cache per test."""
     from django.core.cache import cache
 
@@ -125,7 +157,9 @@ def wait_idle(tracker: WorkerTracker, timeout: float = 60) -> None:
     wait_for(idle, timeout, "the worker to finish its tasks")
 
 
-def jpeg_bytes(size: tuple[int, int] = (400, 300), color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
+def jpeg_bytes(
+    size: tuple[int, int] = (400, 300), color: tuple[int, int, int] = (200, 80, 40)
+) -> bytes:
     """A small real JPEG."""
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "JPEG", quality=90)
