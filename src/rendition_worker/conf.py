@@ -141,18 +141,21 @@ def parse_settings(raw: object) -> RenditionSettings:
     values = {**DEFAULTS, **{key: value for key, value in raw.items() if key in DEFAULTS}}
     _check_scalars(values, problems)
     sets = _parse_sets(values["SETS"], problems)
-    fields = _parse_fields(values["FIELDS"], sets, problems)
+    # Fields are checked against every set name given, valid or not: a malformed set is
+    # reported once, as itself, not again as "unknown" in every field that uses it.
+    declared = set(values["SETS"]) if isinstance(values["SETS"], Mapping) else None
+    fields = _parse_fields(values["FIELDS"], sets, declared, problems)
     return RenditionSettings(
         sets=sets,
         fields=fields,
         path=str(values["PATH"]).strip("/"),
-        storage=values["STORAGE"],
+        storage=values["STORAGE"] if isinstance(values["STORAGE"], str) else None,
         delete_originals=bool(values["DELETE_ORIGINALS"]),
         max_pixels=_int_or_default(values, "MAX_PIXELS"),
-        queue=str(values["QUEUE"]),
+        queue=_str_or_default(values, "QUEUE"),
         reconcile_every=_int_or_default(values, "RECONCILE_EVERY"),
         orphan_grace=_int_or_default(values, "ORPHAN_GRACE"),
-        cache=str(values["CACHE"]),
+        cache=_str_or_default(values, "CACHE"),
         delete_delay=_int_or_default(values, "DELETE_DELAY"),
         avif_codec=values["AVIF_CODEC"] if values["AVIF_CODEC"] in AVIF_CODECS else "svt",
         problems=tuple(problems),
@@ -163,6 +166,11 @@ def _int_or_default(values: Mapping[str, Any], key: str) -> int:
     value = values[key]
     valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return int(value) if valid else int(DEFAULTS[key])
+
+
+def _str_or_default(values: Mapping[str, Any], key: str) -> str:
+    value = values[key]
+    return value if isinstance(value, str) and value else str(DEFAULTS[key])
 
 
 def _check_scalars(values: Mapping[str, Any], problems: list[Problem]) -> None:
@@ -240,7 +248,10 @@ def _parse_sets(raw: object, problems: list[Problem]) -> dict[str, tuple[Spec, .
 
 
 def _parse_fields(
-    raw: object, sets: Mapping[str, tuple[Spec, ...]], problems: list[Problem]
+    raw: object,
+    sets: Mapping[str, tuple[Spec, ...]],
+    declared: set[str] | None,
+    problems: list[Problem],
 ) -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, Mapping):
         problems.append(
@@ -263,7 +274,7 @@ def _parse_fields(
             )
             continue
         for name in names:
-            if name not in sets:
+            if declared is not None and name not in declared:
                 problems.append(
                     Problem(
                         "rendition_worker.E005",

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 
@@ -29,6 +30,8 @@ class Source(models.Model):
     # A string so that integer, UUID and text primary keys all fit.
     object_id = models.CharField(max_length=64)
     field = models.CharField(max_length=100)
+    # Lets admin inlines and user code reach the row (the object id is a string pk).
+    content_object = GenericForeignKey("content_type", "object_id")
     name = models.CharField(max_length=1024, help_text="The source file's storage name.")
     digest = models.CharField(max_length=64, blank=True, help_text="SHA-256 of its content.")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from django.apps import apps
@@ -51,18 +50,22 @@ def resolve_field(key: str) -> RegisteredField:
 
 def registered_fields() -> tuple[RegisteredField, ...]:
     """Every resolvable registered field (checks report the others)."""
-    return _resolved(get_settings())
-
-
-@functools.cache
-def _resolved(settings: RenditionSettings) -> tuple[RegisteredField, ...]:
+    settings = get_settings()
+    cached = _resolved.get("last")
+    if cached is not None and cached[0] is settings:
+        return cached[1]
     found = []
     for key in settings.fields:
         try:
             found.append(resolve_field(key))
         except LookupError:
             continue
-    return tuple(found)
+    # One slot, keyed by the settings object: a new one (override_settings) replaces it.
+    _resolved["last"] = (settings, tuple(found))
+    return _resolved["last"][1]
+
+
+_resolved: dict[str, tuple[RenditionSettings, tuple[RegisteredField, ...]]] = {}
 
 
 def fields_of(model: type[models.Model]) -> tuple[RegisteredField, ...]:

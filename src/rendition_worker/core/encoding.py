@@ -6,7 +6,7 @@ import hashlib
 import io
 from dataclasses import asdict, dataclass
 
-from PIL import Image, features
+from PIL import Image
 from pillow_avif import _avif
 
 import rendition_worker.core.plugins  # noqa: F401  # AVIF encoding through pillow_avif
@@ -48,8 +48,7 @@ class EncoderSettings:
 def encodable_formats() -> frozenset[str]:
     """The output formats this Pillow build can write."""
     Image.init()
-    available = {"jpeg", "png"} | ({"webp"} if features.check("webp") else set())
-    return frozenset(available | ({"avif"} if "AVIF" in Image.SAVE else set()))
+    return frozenset(fmt for fmt in EXTENSIONS if fmt.upper() in Image.SAVE)
 
 
 def avif_codec_available(codec: str) -> bool:
