@@ -23,7 +23,7 @@ class Geometry:
 
     @property
     def scale(self) -> float:
-        """Output pixels per source pixel, at most 1."""
+        """Output pixels per source pixel: at most 1, unless a side was clamped to 1 px."""
         return max(
             self.size[0] / (self.box[2] - self.box[0]), self.size[1] / (self.box[3] - self.box[1])
         )

@@ -114,7 +114,7 @@ class Rendered:
         return MEDIA_TYPES[self.format]
 
 
-_EncodeKey = tuple[Size, str, int | None, tuple[int, int, int] | None]
+_EncodeKey = tuple[Box, Size, str, int | None, tuple[int, int, int] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,7 @@ class _Output:
     """An encode to do: the spec it serves and what makes its bytes distinct."""
 
     spec: Spec
+    box: Box
     size: Size
     format: str
     quality: int | None
@@ -216,7 +217,8 @@ class Rendering:
         has_alpha = image.mode in {"RGBA", "LA"}
         fmt = spec.format or _follow_source(self.source.format, has_alpha)
         background = spec.background if has_alpha and fmt not in ALPHA_FORMATS else None
-        return _Output(spec, image.size, fmt, spec.quality_for(fmt), background)
+        box = self._plans[spec].box
+        return _Output(spec, box, image.size, fmt, spec.quality_for(fmt), background)
 
 
 def render(fp: IO[bytes], specs: Sequence[Spec], options: RenderOptions | None = None) -> Rendering:
@@ -286,8 +288,8 @@ def _follow_source(source_format: str, has_alpha: bool) -> str:
 
 def _encode_key(output: _Output) -> _EncodeKey:
     # Two specs that clamp to the same pixels (width-2560 and width-1920 of a 1200 px
-    # source) share one encode.
-    return output.size, output.format, output.quality, output.background
+    # source) share one encode; the same size of another crop is other pixels.
+    return output.box, output.size, output.format, output.quality, output.background
 
 
 def _area(size: Size) -> int:

@@ -60,7 +60,10 @@ class BudgetPool:
         with self._changed:
             self._closed = True
             for job in self._queue:
+                # cancel() alone leaves concurrent.futures.wait() and as_completed() waiting;
+                # the notify call tells them, as ThreadPoolExecutor's workers do.
                 job.future.cancel()
+                job.future.set_running_or_notify_cancel()
             self._queue.clear()
             self._changed.notify_all()
         for thread in self._threads:

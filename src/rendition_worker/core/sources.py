@@ -178,16 +178,15 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     # become white); scale by the depth instead. 32-bit int and float modes carry no depth,
     # so their range is read from the pixels.
     wide = image.convert("F")
-    if image.mode.startswith("I;16"):
-        factor = 255.0 / 65535.0
+    high = float(wide.getextrema()[1])  # type: ignore[arg-type]
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255.0 < high <= 65535.0):
+        factor = 255.0 / 65535.0  # 16-bit data: keep its brightness, do not stretch it
+    elif image.mode == "F" and high <= 1.0:
+        factor = 255.0  # the usual 0..1 float convention
+    elif high > 255.0:
+        factor = 255.0 / high
     else:
-        high = float(wide.getextrema()[1])  # type: ignore[arg-type]
-        if image.mode == "F" and high <= 1.0:
-            factor = 255.0
-        elif high > 255.0:
-            factor = 255.0 / max(high, 65535.0)
-        else:
-            factor = 1.0
+        factor = 1.0
     return wide.point(lambda value: value * factor).convert("L")
 
 
