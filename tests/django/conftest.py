@@ -139,12 +139,20 @@ def worker(
     celery_worker: WorkerTracker, transactional_db: None, settings: Any, tmp_path: Path
 ) -> Iterator[WorkerTracker]:
     """The session worker, with real commits, a fresh MEDIA_ROOT and a clean cache per test."""
-    from django.core.cache import cache
-
     settings.MEDIA_ROOT = str(tmp_path / "media")
-    cache.clear()
+    _clear_this_runs_cache()
     yield celery_worker
     wait_idle(celery_worker)
+
+
+def _clear_this_runs_cache() -> None:
+    # cache.clear() is FLUSHDB: it would wipe the caches of other test runs sharing Redis.
+    location = django_settings.CACHES["default"]["LOCATION"]
+    prefix = django_settings.CACHES["default"]["KEY_PREFIX"]
+    client = redis.Redis.from_url(location)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 def wait_idle(tracker: WorkerTracker, timeout: float = 60) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import asdict, dataclass
 
 from PIL import Image
@@ -18,6 +19,10 @@ EXTENSIONS = {"avif": "avif", "webp": "webp", "jpeg": "jpg", "png": "png"}
 ALPHA_FORMATS = frozenset({"avif", "webp", "png"})
 # SVT-AV1 refuses frames narrower or lower than this; such tiny outputs use aom instead.
 SVT_MIN_DIMENSION = 4
+# libavif/SVT-AV1 crashed the process (segfault inside the encoder's add/finish) about once in
+# eight test runs when two AVIF encodes ran at once in one process, from two tasks or two
+# pool threads. One at a time per process; SVT-AV1 uses every core for one encode anyway.
+_AVIF_LOCK = threading.Lock()
 # Bumped whenever a change to the pipeline changes output pixels, so that names change too.
 PIPELINE_VERSION = 1
 
@@ -63,7 +68,8 @@ def encode(image: Image.Image, fmt: str, quality: int | None, settings: EncoderS
         codec = settings.avif_codec
         if codec == "svt" and min(image.size) < SVT_MIN_DIMENSION:
             codec = "aom"
-        image.save(buffer, "AVIF", quality=quality, speed=settings.avif_speed, codec=codec)
+        with _AVIF_LOCK:
+            image.save(buffer, "AVIF", quality=quality, speed=settings.avif_speed, codec=codec)
     elif fmt == "webp":
         image.save(buffer, "WEBP", quality=quality, method=settings.webp_method)
     elif fmt == "jpeg":

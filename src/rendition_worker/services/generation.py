@@ -198,8 +198,9 @@ class _Job:
                     fingerprint=self.settings.encoder.fingerprint,
                 )
                 written += self._write(target, rendered.data)
-                if not self._record(target, rendered):
-                    return {"status": "stale", "renditions": recorded}
+                refused = self._record(target, rendered)
+                if refused is not None:
+                    return {"status": refused, "renditions": recorded}
                 recorded += 1
                 total += len(rendered.data)
         finished = self._finish(digest, rendering.source.width, rendering.source.height)
@@ -229,16 +230,17 @@ class _Job:
             return 0
         return 1
 
-    def _record(self, target: str, rendered: Rendered) -> bool:
+    def _record(self, target: str, rendered: Rendered) -> str | None:
+        """Record one written file; or say why not: "stale" (replaced, deleted), "claimed"."""
         spec = str(rendered.spec)
         with transaction.atomic():
             source = Source.objects.select_for_update().filter(pk=self.source.pk).first()
             if source is None or source.name != self.name:
                 # Replaced or deleted while we rendered: nobody will ever reference the file.
                 self.storage.delete(target)
-                return False
+                return "stale"
             if source.claim != self.token:
-                return False  # our claim lapsed and another worker renders this version
+                return "claimed"  # our claim lapsed and another worker renders this version
             previous = (
                 Rendition.objects.filter(source=source, spec=spec)
                 .values_list("name", flat=True)
@@ -260,13 +262,13 @@ class _Job:
                     },
                 )
             except IntegrityError:
-                return False
+                return "claimed"
             if previous and previous != target:
                 self.superseded += tombstones_add(
                     self.storage_ref, [previous], Tombstone.Kind.RENDITION
                 )
         cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
-        return True
+        return None
 
     def _finish(self, digest: str, width: int, height: int) -> bool:
         done = Source.objects.filter(pk=self.source.pk, name=self.name, claim=self.token).update(

@@ -36,7 +36,6 @@ INCOMPLETE_TIMEOUT = 10
 # What the cache holds per rendition, JSON-able: (name, spec, format, width, height, size).
 Row = tuple[str, str, str, int, int, int]
 _COLUMNS = ("name", "spec", "format", "width", "height", "size")
-_MISSING = object()
 
 StatusState = Literal["pending", "ready", "failed"]
 
@@ -143,8 +142,7 @@ def prefetch_renditions(objects: Iterable[models.Model], field_name: str) -> Non
     """
     groups: dict[type[models.Model], list[models.Model]] = {}
     for instance in objects:
-        concrete = instance._meta.concrete_model
-        assert concrete is not None  # every model has one; the stubs allow None
+        concrete = instance._meta.concrete_model or type(instance)
         groups.setdefault(concrete, []).append(instance)
     for model, instances in groups.items():
         _prefetch(_entry_for(model, field_name), instances)
@@ -169,18 +167,19 @@ def _lookup(entry: RegisteredField, object_id: str, name: str) -> Sequence[Row]:
     content_type = ContentType.objects.get_for_model(entry.model)
     key = cache.renditions_key(content_type.pk, object_id, entry.name, name)
     store = cache.lookup_cache()
-    rows = store.get(key, _MISSING)
-    if rows is _MISSING:
-        ready = Rendition.objects.filter(
-            source__content_type=content_type,
-            source__object_id=object_id,
-            source__field=entry.name,
-            source_name=name,
-            state=State.READY,
-        ).values_list(*_COLUMNS)
-        rows = tuple(_row(values) for values in ready)
-        store.set(key, rows, _timeout(store, entry, rows))
-    assert isinstance(rows, Sequence)
+    # An empty tuple is a cached "none ready"; only None is a miss.
+    cached: Sequence[Row] | None = store.get(key)
+    if cached is not None:
+        return cached
+    ready = Rendition.objects.filter(
+        source__content_type=content_type,
+        source__object_id=object_id,
+        source__field=entry.name,
+        source_name=name,
+        state=State.READY,
+    ).values_list(*_COLUMNS)
+    rows = tuple(_row(values) for values in ready)
+    store.set(key, rows, _timeout(store, entry, rows))
     return rows
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from rendition_worker import cache, registry
@@ -39,13 +39,20 @@ def source_point_at(
         if not new:
             if source is not None:
                 source.delete()
-        elif source is None or source.name != new or overwritten:
-            Source.objects.update_or_create(
-                content_type=content_type,
-                object_id=object_id,
-                field=entry.name,
-                defaults=_pending(new),
-            )
+        elif source is None:
+            try:
+                with transaction.atomic():
+                    Source.objects.create(
+                        content_type=content_type,
+                        object_id=object_id,
+                        field=entry.name,
+                        **_pending(new),
+                    )
+            except IntegrityError:
+                # Two first tasks for one source raced; the winner's row (and claim) stands.
+                pass
+        elif source.name != new or overwritten:
+            Source.objects.filter(pk=source.pk).update(**_pending(new))
         tombstones_add(registry.rendition_storage_ref(entry), stale_files, Tombstone.Kind.RENDITION)
     cache.invalidate(content_type.pk, object_id, entry.name, new, *stale_versions)
     return len(stale_files)

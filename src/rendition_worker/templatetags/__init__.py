@@ -1,0 +1,1 @@
+"""Template tags of rendition-worker: `{% load renditions %}`."""
