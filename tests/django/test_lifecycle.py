@@ -394,3 +394,46 @@ def test_regenerating_with_new_encoder_settings_replaces_the_files(
     wait_for(lambda: not Tombstone.objects.exists(), what="the old files to be deleted")
     wait_idle(worker)
     assert rendition_files(settings.MEDIA_ROOT) == new_names
+
+
+def test_a_new_width_renders_that_width_only(worker: WorkerTracker, settings: Any) -> None:
+    from rendition_worker import registry, tasks
+
+    photo = Photo.objects.create(image=upload(jpeg_bytes((800, 600))))
+    before = {row.spec: row.name for row in settled(photo, HERO_AND_THUMB)}
+    wait_idle(worker)
+    hero = {"widths": [160, 320, 480], "formats": ["avif", "webp", "jpeg"]}
+    sets = {**settings.RENDITION_WORKER["SETS"], "hero": hero}
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "SETS": sets}
+    entry = registry.field_for("testapp.photo", "image")
+    assert entry is not None
+    worker.results.clear()
+    tasks.enqueue_generate(entry, str(photo.pk), photo.image.name, force=True)
+    after = {row.spec: row.name for row in settled(photo, HERO_AND_THUMB + 3)}
+    wait_idle(worker)
+    [summary] = [result for name, result in worker.results if name == "rendition_worker.generate"]
+    assert summary["renditions"] == 3
+    assert {spec: after[spec] for spec in before} == before
+    assert {spec for spec in after if spec not in before} == {
+        f"width-480|format-{fmt}" for fmt in ("avif", "webp", "jpeg")
+    }
+
+
+def test_force_regenerates_a_rendition_file_deleted_by_hand(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    from rendition_worker import registry, tasks
+
+    photo = Photo.objects.create(image=upload(jpeg_bytes()))
+    rows = settled(photo, HERO_AND_THUMB)
+    wait_idle(worker)
+    lost = Path(settings.MEDIA_ROOT) / rows[0].name
+    lost.unlink()
+    entry = registry.field_for("testapp.photo", "image")
+    assert entry is not None
+    worker.results.clear()
+    tasks.enqueue_generate(entry, str(photo.pk), photo.image.name, force=True)
+    wait_for(lost.exists, what="the lost file to be rendered again")
+    wait_idle(worker)
+    [summary] = [result for name, result in worker.results if name == "rendition_worker.generate"]
+    assert summary["renditions"] == 1

@@ -31,6 +31,8 @@ from rendition_worker.conf import RenditionSettings, get_settings
 from rendition_worker.core.errors import BadSource, RenditionError, SourceProblem
 from rendition_worker.core.naming import rendition_name, source_key
 from rendition_worker.core.pipeline import Rendered, render
+from rendition_worker.core.planner import SourceRef
+from rendition_worker.core.specs import Spec, parse_spec
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField, file_name
 from rendition_worker.services.state import source_point_at
@@ -97,7 +99,7 @@ def source_generate(
         statuses = {State.READY.value: "done", State.FAILED.value: "failed-before"}
         status = statuses.get(state, "claimed") if state else "gone"
         return {"status": status, "retired": retired}
-    job = _Job(settings, entry, content_type, source, name, token)
+    job = _Job(settings, entry, content_type, source, name, token, force=force)
     try:
         summary = job.run()
     except (OSError, DatabaseError) as exc:
@@ -163,8 +165,11 @@ class _Job:
         source: Source,
         name: str,
         token: str,
+        *,
+        force: bool,
     ) -> None:
         self.settings = settings
+        self.force = force
         self.entry = entry
         self.content_type = content_type
         self.source = source
@@ -180,36 +185,69 @@ class _Job:
             if fp is None:
                 missing = f"the source file {self.name!r} is not in its storage"
                 return self._fail(digest, BadSource(SourceProblem.MISSING, missing))
+            key = source_key(SourceRef(*self._ref).identity, digest)
+            specs = self._needed(key)
+            if not specs:  # every rendition exists under its current name: nothing to decode
+                finished = self._finish(digest, None)
+                return {"status": "ready" if finished else "stale", "renditions": 0}
             try:
-                specs = self.settings.specs_for(self.entry.key)
                 rendering = render(fp, specs, self.settings.render_options)
             except BadSource as exc:
                 return self._fail(digest, exc)
-            identity = f"{self.entry.model_label}:{self.source.object_id}:{self.entry.name}"
-            key = source_key(identity, digest)
             written = recorded = total = 0
             for rendered in rendering:
-                target = rendition_name(
-                    path=self.settings.path,
-                    key=key,
-                    source_name=self.name,
-                    spec=rendered.spec,
-                    output_format=rendered.format,
-                    fingerprint=self.settings.encoder.fingerprint,
-                )
+                target = self._name(key, str(rendered.spec), rendered.format)
                 written += self._write(target, rendered.data)
                 refused = self._record(target, rendered)
                 if refused is not None:
                     return {"status": refused, "renditions": recorded}
                 recorded += 1
                 total += len(rendered.data)
-        finished = self._finish(digest, rendering.source.width, rendering.source.height)
+        source = rendering.source
+        finished = self._finish(digest, (source.width, source.height))
         return {
             "status": "ready" if finished else "stale",
             "renditions": recorded,
             "written": written,
             "bytes": total,
         }
+
+    @property
+    def _ref(self) -> tuple[str, str, str]:
+        return self.entry.model_label, self.source.object_id, self.entry.name
+
+    def _name(self, key: str, spec: str, output_format: str) -> str:
+        return rendition_name(
+            path=self.settings.path,
+            key=key,
+            source_name=self.name,
+            spec=parse_spec(spec),
+            output_format=output_format,
+            fingerprint=self.settings.encoder.fingerprint,
+        )
+
+    def _needed(self, key: str) -> list[Spec]:
+        """The required specs without a ready rendition of this content under today's name.
+
+        A rendition whose name no longer matches (PATH, encoder settings or the content
+        changed) is made again; with `force`, so is one whose file has gone missing. A set
+        that gained a width renders that width only.
+        """
+        ready = {
+            row.spec: row
+            for row in Rendition.objects.filter(
+                source=self.source, source_name=self.name, state=State.READY
+            )
+        }
+        needed = []
+        for spec in self.settings.specs_for(self.entry.key):
+            row = ready.get(str(spec))
+            current = row is not None and row.name == self._name(key, row.spec, row.format)
+            if not current or (
+                self.force and row is not None and not self.storage.exists(row.name)
+            ):
+                needed.append(spec)
+        return needed
 
     def release(self) -> None:
         """Give the claim back so that a retry can take it at once."""
@@ -270,12 +308,12 @@ class _Job:
         cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
         return None
 
-    def _finish(self, digest: str, width: int, height: int) -> bool:
+    def _finish(self, digest: str, size: tuple[int, int] | None) -> bool:
+        dimensions = {"width": size[0], "height": size[1]} if size else {}
         done = Source.objects.filter(pk=self.source.pk, name=self.name, claim=self.token).update(
             state=State.READY,
             digest=digest,
-            width=width,
-            height=height,
+            **dimensions,
             error="",
             claim="",
             claimed_until=None,
