@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,7 +40,9 @@ TEMPLATES = [
     }
 ]
 
+# One folder per process, removed when it exits (every pytest and mypy run imports this).
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="rendition-worker-tests-"))
+atexit.register(shutil.rmtree, _RUN_DIR, ignore_errors=True)
 MEDIA_ROOT = str(_RUN_DIR / "media")
 MEDIA_URL = "/media/"
 

@@ -20,7 +20,7 @@ from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
 from rendition_worker import registry
 from rendition_worker.registry import RegisteredField, file_name
-from rendition_worker.services.changes import source_changed
+from rendition_worker.services.changes import original_retire, source_changed
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,10 @@ def _post_save(
         if new is None or (new == old and not created and not overwritten) or (created and not new):
             continue
         snapshot[entry.name] = new
-        change = _Change(entry, str(instance.pk), old or "", new, overwritten=overwritten)
+        retired = original_retire(entry, old or "", new, using=using)
+        change = _Change(
+            entry, str(instance.pk), old or "", new, overwritten=overwritten, retired=retired
+        )
         transaction.on_commit(change.apply, using=using, robust=True)
 
 
@@ -118,7 +121,8 @@ def _post_delete(
         name = file_name(instance, entry)
         if name is None:
             name = snapshot.get(entry.name)
-        change = _Change(entry, str(instance.pk), name or "", None)
+        retired = original_retire(entry, name or "", None, using=using)
+        change = _Change(entry, str(instance.pk), name or "", None, retired=retired)
         transaction.on_commit(change.apply, using=using, robust=True)
 
 
@@ -133,17 +137,23 @@ class _Change:
         new: str | None,
         *,
         overwritten: bool = False,
+        retired: bool = False,
     ) -> None:
         self.entry = entry
         self.object_id = object_id
         self.old = old
         self.new = new
         self.overwritten = overwritten
+        self.retired = retired
 
     def apply(self) -> None:
         try:
             source_changed(
-                self.entry, self.object_id, self.old, self.new, overwritten=self.overwritten
+                self.entry,
+                self.object_id,
+                self.new,
+                overwritten=self.overwritten,
+                retired_original=self.retired,
             )
         except Exception:
             logger.exception(

@@ -109,6 +109,7 @@ def test_task_arguments_are_json_primitives(worker: WorkerTracker, published: Pu
     assert kwargs["model"] == "testapp.photo"
     assert kwargs["object_id"] == str(photo.pk)
     assert kwargs["name"] == photo.image.name
+    assert message["headers"]["kwargsrepr"] == repr(kwargs)  # what Flower shows
 
 
 def test_task_returns_a_small_summary(worker: WorkerTracker) -> None:
