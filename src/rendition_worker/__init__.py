@@ -12,13 +12,21 @@ if TYPE_CHECKING:
         get_status,
         prefetch_renditions,
     )
+    from rendition_worker.tasks import beat_schedule
 
 __version__ = "0.1.0"
-__all__ = ["get_rendition", "get_renditions", "get_status", "prefetch_renditions"]
+__all__ = [
+    "beat_schedule",
+    "get_rendition",
+    "get_renditions",
+    "get_status",
+    "prefetch_renditions",
+]
 
 # The public API lives in Django-side modules; importing them lazily keeps this package (and
 # so the pure `rendition_worker.core`) importable without Django installed or configured.
 _LAZY = {
+    "beat_schedule": "rendition_worker.tasks",
     "get_rendition": "rendition_worker.services.lookups",
     "get_renditions": "rendition_worker.services.lookups",
     "get_status": "rendition_worker.services.lookups",

@@ -77,6 +77,13 @@ class Rendition(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["source", "spec"], name="rendition_worker_one_spec")
         ]
+        # The reconciler reads the rows of one storage folder at a time (name LIKE 'p/ab/%');
+        # on PostgreSQL only a pattern-ops index serves LIKE prefixes under any collation.
+        indexes = [
+            models.Index(
+                fields=["name"], name="rendition_worker_name", opclasses=["varchar_pattern_ops"]
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.spec} of {self.source_name} ({self.state})"

@@ -6,14 +6,17 @@ reusable app creates no Celery app. Arguments are ids and names only, never obje
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from rendition_worker.cache import lookup_cache
 from rendition_worker.conf import get_settings
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services.generation import TransientError, source_fail, source_generate
+from rendition_worker.services.reconcile import Reconciler
 from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
@@ -126,6 +129,11 @@ def enqueue_generate(
     )
 
 
+def enqueue_generation(entry: RegisteredField, object_id: str, name: str, force: bool) -> None:
+    """`enqueue_generate` in the shape the reconciler calls it."""
+    enqueue_generate(entry, object_id, name, force=force)
+
+
 def enqueue_forget(entry: RegisteredField, object_id: str) -> None:
     """Queue the retirement of a deleted or cleared source, and its stale files."""
     kwargs = {"model": entry.model_label, "object_id": object_id, "field": entry.name}
@@ -139,3 +147,52 @@ def enqueue_delete(countdown: int | None = None) -> None:
     delay = get_settings().delete_delay if countdown is None else countdown
     # One second past the delay: the tombstones written just now are due by then.
     delete.apply_async(queue=get_settings().queue, countdown=delay + 1 if delay else 0)
+
+
+# Held (in the CACHE alias) by the reconciliation chain that runs, so that beat starting a
+# new one while a long one is still going does not double the work.
+RECONCILE_LOCK = "rendition_worker:reconcile:run"
+
+
+@shared_task(
+    name="rendition_worker.reconcile",
+    ignore_result=True,
+    acks_late=True,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> dict[str, Any]:
+    """One bounded step of reconciliation; re-enqueues itself with the next cursor."""
+    settings = get_settings()
+    lock_seconds = max(settings.reconcile_every, 60) * 2
+    cache = lookup_cache()
+    if run is None:
+        run = uuid.uuid4().hex
+        if not cache.add(RECONCILE_LOCK, run, timeout=lock_seconds):
+            return {"status": "already-running"}
+    elif cache.get(RECONCILE_LOCK) != run:
+        return {"status": "superseded"}
+    cache.touch(RECONCILE_LOCK, timeout=lock_seconds)
+    cursor = cursor or {"phase": "required"}
+    counts, following = Reconciler(enqueue=enqueue_generation).step(cursor)
+    if following is None:
+        cache.delete(RECONCILE_LOCK)
+    else:
+        reconcile.apply_async(
+            kwargs={"cursor": following, "run": run},
+            queue=settings.queue,
+            expires=settings.reconcile_every,
+        )
+    return {"phase": cursor["phase"], **counts}
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """The beat entry to merge into `app.conf.beat_schedule` (every RECONCILE_EVERY s)."""
+    settings = get_settings()
+    return {
+        "rendition_worker.reconcile": {
+            "task": "rendition_worker.reconcile",
+            "schedule": float(settings.reconcile_every),
+            "options": {"queue": settings.queue, "expires": settings.reconcile_every},
+        }
+    }

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +28,40 @@ SERVICES_REQUIRED = os.environ.get("RENDITION_WORKER_REQUIRE_SERVICES") == "1"
 
 
 class WorkerTracker:
-    """Counts the tasks the worker received and finished, to know when it is idle."""
+    """Follows the tasks the worker received and finished, to know when it is idle.
+
+    A task scheduled for later than a few seconds (DELETE_DELAY's deletion an hour away)
+    is not outstanding: a test waiting for idleness would wait for it.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.received = 0
-        self.finished = 0
+        self.received: set[str] = set()
+        self.finished: set[str] = set()
         self.results: list[tuple[str, Any]] = []
         signals.task_received.connect(self._received, weak=False)
         signals.task_postrun.connect(self._finished, weak=False)
 
-    def _received(self, **kwargs: Any) -> None:
+    def _received(self, request: Any = None, **kwargs: Any) -> None:
+        eta = getattr(request, "eta", None)
+        if eta is not None:
+            due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+            if due > datetime.now(UTC) + timedelta(seconds=5):
+                return
         with self.lock:
-            self.received += 1
+            self.received.add(request.id)
 
-    def _finished(self, task: Any = None, retval: Any = None, **kwargs: Any) -> None:
+    def _finished(
+        self, task_id: str = "", task: Any = None, retval: Any = None, **kwargs: Any
+    ) -> None:
         with self.lock:
-            self.finished += 1
+            self.finished.add(task_id)
             self.results.append((getattr(task, "name", "?"), retval))
 
     @property
     def outstanding(self) -> int:
         with self.lock:
-            return self.received - self.finished
+            return len(self.received - self.finished)
 
 
 def _broker_reachable() -> bool:

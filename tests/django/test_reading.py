@@ -394,7 +394,8 @@ def test_the_package_imports_without_django_and_exports_the_reading_api() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "['get_rendition',",
+        "['beat_schedule',",
+        "'get_rendition',",
         "'get_renditions',",
         "'get_status',",
         "'prefetch_renditions']",
