@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from rendition_worker.core.naming import parse_rendition_name, rendition_name, source_key
+from rendition_worker.core.encoding import EXTENSIONS
+from rendition_worker.core.naming import (
+    parse_rendition_name,
+    rendition_name,
+    slug_stem,
+    source_key,
+    source_prefix,
+)
 from rendition_worker.core.specs import parse_spec
 
 READY = "ready"
@@ -142,6 +149,17 @@ def expected_name(
     )
 
 
+def _name_prefix(ref: SourceRef, source: RecordedSource, naming: Naming) -> str:
+    """Everything of an expected name before the spec: `PATH/sh/key/stem.`."""
+    key = source_key(ref.identity, source.digest)
+    return f"{source_prefix(naming.path, key)}{slug_stem(source.name)}."
+
+
+def _name_from(prefix: str, row: RecordedRendition, naming: Naming) -> str:
+    extension = EXTENSIONS.get(row.format, "")
+    return f"{prefix}{row.spec.replace('|', '.')}.{naming.fingerprint}.{extension}"
+
+
 def plan_sources(
     required: Mapping[SourceRef, tuple[str, frozenset[str]]],
     recorded: Mapping[SourceRef, RecordedSource],
@@ -191,15 +209,17 @@ def _plan_required(
         plan.add_generate(ref, name, force=False, retry_failed=True)
         plan.counts["missing"] += len(specs)
         return
-    present = {
-        row.spec
-        for row in rows
-        if row.state == READY
-        and row.spec in specs
-        and source is not None
-        and source.digest
-        and row.name == expected_name(ref, source, row, naming)
-    }
+    present: set[str] = set()
+    if source is not None and source.digest:
+        # Per source, not per row: the key hash and the file-name slug are the costly parts.
+        prefix = _name_prefix(ref, source, naming)
+        present = {
+            row.spec
+            for row in rows
+            if row.state == READY
+            and row.spec in specs
+            and row.name == _name_from(prefix, row, naming)
+        }
     plan.counts["present"] += len(present)
     missing = len(specs - present)
     plan.counts["missing"] += missing

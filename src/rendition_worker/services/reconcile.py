@@ -116,6 +116,7 @@ class Reconciler:
         self.batch_size = batch_size
         self.fields = registry.registered_fields()
         self.naming = Naming(self.settings.path, self.settings.encoder.fingerprint)
+        self._specs_cache: dict[str, frozenset[str]] = {}
 
     def run(self, progress: Callable[[str, int], None] | None = None) -> Report:
         """Every step, in order; `progress(phase, items)` is called after each one."""
@@ -151,7 +152,7 @@ class Reconciler:
         if cursor.get("after") is not None:
             rows = rows.filter(pk__gt=entry.model._meta.pk.to_python(cursor["after"]))
         batch = list(rows.values_list("pk", entry.field.attname)[: self.batch_size])
-        specs = frozenset(str(spec) for spec in self.settings.specs_for(entry.key))
+        specs = self._required_specs(entry)
         required = {_ref(entry, pk): (str(name), specs) for pk, name in batch}
         recorded = _recorded(entry, [ref.object_id for ref in required])
         plan = plan_sources(required, recorded, self.naming, retry_failed=self.retry_failed)
@@ -269,7 +270,11 @@ class Reconciler:
         return recorded
 
     def _required_specs(self, entry: RegisteredField) -> frozenset[str]:
-        return frozenset(str(spec) for spec in self.settings.specs_for(entry.key))
+        known = self._specs_cache.get(entry.key)
+        if known is None:
+            known = frozenset(str(spec) for spec in self.settings.specs_for(entry.key))
+            self._specs_cache[entry.key] = known
+        return known
 
     # Phase 4 -----------------------------------------------------------------------------
 
