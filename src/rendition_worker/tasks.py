@@ -26,20 +26,30 @@ SOFT_TIME_LIMIT = 5 * 60
 TIME_LIMIT = SOFT_TIME_LIMIT + 30
 
 
-# ignore_result: nothing reads task results (summaries reach Flower through task events),
-# and storing them costs each publish a result-backend round trip.
+# What every task of ours shares. ignore_result: nothing reads task results (summaries reach
+# Flower through task events), and storing them costs each publish a result-backend round
+# trip. acks_late: a task whose worker dies is delivered again (the tasks are idempotent).
+TASK_OPTIONS: dict[str, Any] = {
+    "ignore_result": True,
+    "acks_late": True,
+    "soft_time_limit": SOFT_TIME_LIMIT,
+    "time_limit": TIME_LIMIT,
+}
+# Storage and database errors are retried with exponential backoff, up to ~2 hours in all.
+RETRY_OPTIONS: dict[str, Any] = {
+    "retry_backoff": 2,
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
 @shared_task(
     name="rendition_worker.generate",
-    ignore_result=True,
-    acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(TransientError,),
-    retry_backoff=2,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=10,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
+    **TASK_OPTIONS,
+    **RETRY_OPTIONS,
 )
 def generate(
     model: str,
@@ -77,15 +87,9 @@ def generate(
 
 @shared_task(
     name="rendition_worker.delete",
-    ignore_result=True,
-    acks_late=True,
     autoretry_for=(OSError, TransientError),
-    retry_backoff=2,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=10,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
+    **TASK_OPTIONS,
+    **RETRY_OPTIONS,
 )
 def delete(
     model: str | None = None, object_id: str | None = None, field: str | None = None
@@ -124,9 +128,7 @@ def enqueue_generate(
     }
     # Our own repr of these plain strings and booleans (what Flower shows): Celery's
     # generic saferepr costs a sixth of a publish, inside the web request.
-    generate.apply_async(  # type: ignore[call-arg]  # celery-types lacks kwargsrepr
-        kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue
-    )
+    generate.apply_async(kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue)
 
 
 def enqueue_generation(entry: RegisteredField, object_id: str, name: str, force: bool) -> None:
@@ -137,9 +139,7 @@ def enqueue_generation(entry: RegisteredField, object_id: str, name: str, force:
 def enqueue_forget(entry: RegisteredField, object_id: str) -> None:
     """Queue the retirement of a deleted or cleared source, and its stale files."""
     kwargs = {"model": entry.model_label, "object_id": object_id, "field": entry.name}
-    delete.apply_async(  # type: ignore[call-arg]  # celery-types lacks kwargsrepr
-        kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue
-    )
+    delete.apply_async(kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue)
 
 
 def enqueue_delete(countdown: int | None = None) -> None:
@@ -154,13 +154,7 @@ def enqueue_delete(countdown: int | None = None) -> None:
 RECONCILE_LOCK = "rendition_worker:reconcile:run"
 
 
-@shared_task(
-    name="rendition_worker.reconcile",
-    ignore_result=True,
-    acks_late=True,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
-)
+@shared_task(name="rendition_worker.reconcile", **TASK_OPTIONS)
 def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> dict[str, Any]:
     """One bounded step of reconciliation; re-enqueues itself with the next cursor."""
     settings = get_settings()
