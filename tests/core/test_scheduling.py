@@ -133,9 +133,15 @@ def test_a_shut_down_pool_refuses_jobs() -> None:
 
 
 def test_shutdown_notifies_waiters_of_cancelled_jobs() -> None:
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return release.wait(5)
+
     pool = BudgetPool(1, budget=10)
-    running = pool.submit(release.wait)
+    running = pool.submit(block)
+    assert started.wait(5)  # the one worker is busy: the next jobs stay queued
     queued = [pool.submit(lambda: 1) for _ in range(3)]
     closer = threading.Thread(target=pool.shutdown)
     closer.start()

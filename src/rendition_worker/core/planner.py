@@ -9,9 +9,10 @@ plans it gets. Applying a plan and planning again gives a plan with nothing to d
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from rendition_worker.core.encoding import EXTENSIONS
 from rendition_worker.core.naming import (
@@ -218,6 +219,7 @@ def _plan_required(
             for row in rows
             if row.state == READY
             and row.spec in specs
+            and row.source_name == name
             and row.name == _name_from(prefix, row, naming)
         }
     plan.counts["present"] += len(present)
@@ -229,32 +231,69 @@ def _plan_required(
         plan.add_generate(ref, name, force=force, retry_failed=False)
 
 
+class Listed(Protocol):
+    """A file of a storage listing: its name, and (perhaps fetched lazily) when it changed."""
+
+    @property
+    def name(self) -> str:
+        """The storage name."""
+        ...
+
+    @property
+    def modified(self) -> datetime:
+        """When it was last modified (aware)."""
+        ...
+
+
+def plan_orphans(
+    listed: Iterable[Listed],
+    referenced: Container[str],
+    *,
+    path: str,
+    now: datetime,
+    grace: timedelta,
+) -> tuple[Plan, set[str]]:
+    """Orphans of one folder of the listing; also returns the names that were listed.
+
+    An orphan is a file this naming scheme made (and only such a file) that no row
+    references and that is older than `grace` (a worker may be between writing a file and
+    recording it). Only such candidates are asked for their modification time, so a
+    listing can fetch it lazily.
+    """
+    plan = Plan()
+    seen: set[str] = set()
+    for stored in listed:
+        seen.add(stored.name)
+        if stored.name in referenced or parse_rendition_name(stored.name, path) is None:
+            continue
+        if now - stored.modified >= grace:
+            plan.delete_files.append(stored.name)
+            plan.counts["orphans"] += 1
+    return plan, seen
+
+
+def plan_broken(unlisted: Iterable[RecordedFile]) -> Plan:
+    """Rows whose file was not in the listing: the current ones are broken.
+
+    Their source is generated again, with force (it is ready, and only force checks files).
+    """
+    plan = Plan()
+    for row in unlisted:
+        if row.current:
+            plan.counts["broken"] += 1
+            plan.add_generate(row.ref, row.source_name, force=True, retry_failed=False)
+    return plan
+
+
 def plan_files(
-    listed: Iterable[StoredFile],
+    listed: Iterable[Listed],
     recorded: Mapping[str, RecordedFile],
     *,
     path: str,
     now: datetime,
     grace: timedelta,
 ) -> Plan:
-    """Compare one folder of the listing with the rendition rows whose files belong there.
-
-    Orphans: files this naming scheme made (and only those) that no row references and
-    that are older than `grace` (a worker may be between writing a file and recording
-    it). Broken: current ready rows whose file is not in the listing; their source is
-    generated again, with force.
-    """
-    plan = Plan()
-    seen: set[str] = set()
-    for stored in listed:
-        seen.add(stored.name)
-        if stored.name in recorded or parse_rendition_name(stored.name, path) is None:
-            continue
-        if now - stored.modified >= grace:
-            plan.delete_files.append(stored.name)
-            plan.counts["orphans"] += 1
-    for name, row in recorded.items():
-        if row.current and name not in seen:
-            plan.counts["broken"] += 1
-            plan.add_generate(row.ref, row.source_name, force=True, retry_failed=False)
+    """Orphans and broken rows of one folder, given every row whose file belongs there."""
+    plan, seen = plan_orphans(listed, recorded, path=path, now=now, grace=grace)
+    plan.merge(plan_broken(row for name, row in recorded.items() if name not in seen))
     return plan

@@ -40,8 +40,8 @@ from rendition_worker.core.planner import (
     RecordedRendition,
     RecordedSource,
     SourceRef,
-    StoredFile,
-    plan_files,
+    plan_broken,
+    plan_orphans,
     plan_sources,
 )
 from rendition_worker.listing import list_files
@@ -203,18 +203,23 @@ class Reconciler:
             return Counter(), {"phase": "tombstones"}
         storage_ref, entries = storages[index]
         prefix = f"{self.settings.path}/{SHARDS[shard]}/"
-        recorded = self._recorded_files(entries, prefix)
-        listed = (
-            StoredFile(stored.name, stored.modified)
-            for stored in list_files(registry.storage_for(storage_ref), prefix)
+        # Names only for the whole folder; the details (a join per row) only for the few
+        # rows whose file is not in the listing: at 1M rows that was 8.5 s of 25.
+        referenced = set(
+            Rendition.objects.filter(name__startswith=prefix).values_list("name", flat=True)
         )
-        plan = plan_files(
-            listed,
-            recorded,
+        # A file waiting for DELETE_DELAY is not an orphan: its tombstone deletes it when due.
+        referenced.update(
+            Tombstone.objects.filter(name__startswith=prefix).values_list("name", flat=True)
+        )
+        plan, seen = plan_orphans(
+            list_files(registry.storage_for(storage_ref), prefix),
+            referenced,
             path=self.settings.path,
             now=timezone.now(),
             grace=timedelta(seconds=self.settings.orphan_grace),
         )
+        plan.merge(plan_broken(self._recorded_files(entries, referenced - seen)))
         counts = self._apply(plan, storage_ref=storage_ref)
         counts["items"] = 1
         following = shard + 1
@@ -237,36 +242,45 @@ class Reconciler:
         return list(found.values())
 
     def _recorded_files(
-        self, entries: list[RegisteredField], prefix: str
-    ) -> dict[str, RecordedFile]:
-        by_key = {(_content_type_id(entry), entry.name): entry for entry in entries}
-        rows = Rendition.objects.filter(name__startswith=prefix).values_list(
+        self, entries: list[RegisteredField], names: set[str]
+    ) -> list[RecordedFile]:
+        """The rows of these files (missing from the listing), and whether each is current.
+
+        Current: ready, made from the file its source row names, for a spec still required
+        of a registered field, and not of a failed source (unless retrying failed ones,
+        which renders them anyway) - else a failed source would be forced at every run.
+        """
+        if not names:
+            return []
+        by_key = {
+            (_content_type_id(entry), entry.name): (entry, entry.model_label) for entry in entries
+        }
+        rows = Rendition.objects.filter(name__in=names).values_list(
             "pk",
-            "name",
             "spec",
             "state",
             "source_name",
             "source__name",
+            "source__state",
             "source__content_type_id",
             "source__object_id",
             "source__field",
         )
-        recorded: dict[str, RecordedFile] = {}
-        for pk, name, spec, state, made_from, current, content_type_id, object_id, fname in rows:
-            entry = by_key.get((content_type_id, fname))
-            ref = _ref(entry, object_id) if entry else SourceRef("", object_id, fname)
+        recorded = []
+        for pk, spec, state, made_from, current, source_state, type_id, object_id, fname in rows:
+            known = by_key.get((type_id, fname))
+            if known is None:
+                continue  # an unregistered field's row: obsolete, phase 2 retires it
+            entry, label = known
             is_current = (
-                entry is not None
-                and state == State.READY
+                state == State.READY
                 and made_from == current
+                and (source_state != State.FAILED or self.retry_failed)
                 and spec in self._required_specs(entry)
             )
-            recorded[name] = RecordedFile(pk, ref, current, is_current)
-        # A file waiting for DELETE_DELAY is not an orphan: its tombstone deletes it when due.
-        for name in Tombstone.objects.filter(name__startswith=prefix).values_list(
-            "name", flat=True
-        ):
-            recorded.setdefault(name, RecordedFile(0, SourceRef("", "", ""), "", False))
+            recorded.append(
+                RecordedFile(pk, SourceRef(label, object_id, fname), current, is_current)
+            )
         return recorded
 
     def _required_specs(self, entry: RegisteredField) -> frozenset[str]:
