@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support import current_rss_mb, peak_rss_mb
+
 WIDTHS = (480, 960, 1440, 1920, 2560)
 FORMATS = ("avif", "webp", "jpeg")
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,26 +38,11 @@ TARGET_SSIM_SLACK = 0.005
 TARGET_MEMORY = 2.5  # peak memory over one decoded RGB copy (3 bytes a pixel)
 
 
-def _rss_mb() -> float:
-    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child
-    # started by a large parent would report the parent's peak.
-    with Path("/proc/self/status").open() as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _current_rss_mb() -> float:
-    with Path("/proc/self/statm").open() as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run_baseline(photo: Path, out: Path) -> dict[str, float]:
     """Render the 15 renditions the naive way; return wall time and memory."""
     from PIL import Image, ImageOps
 
-    before = _current_rss_mb()
+    before = current_rss_mb()
     started = time.perf_counter()
     for width in WIDTHS:
         for fmt in FORMATS:
@@ -64,7 +51,11 @@ def run_baseline(photo: Path, out: Path) -> dict[str, float]:
                 height = max(1, round(image.height * width / image.width))
                 image = image.resize((width, height), Image.Resampling.LANCZOS)
                 image.save(out / f"{width}.{fmt}", fmt.upper())
-    return {"wall_s": time.perf_counter() - started, "rss_before_mb": before, "peak_mb": _rss_mb()}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "rss_before_mb": before,
+        "peak_mb": peak_rss_mb(),
+    }
 
 
 def run_ours(photo: Path, out: Path) -> dict[str, float]:
@@ -73,12 +64,16 @@ def run_ours(photo: Path, out: Path) -> dict[str, float]:
     from rendition_worker.core.specs import expand_set
 
     specs = expand_set("bench", {"widths": list(WIDTHS), "formats": list(FORMATS)})
-    before = _current_rss_mb()
+    before = current_rss_mb()
     started = time.perf_counter()
     with photo.open("rb") as fp:
         for rendered in render(fp, specs):
             (out / f"{rendered.spec.operation.width}.{rendered.format}").write_bytes(rendered.data)
-    return {"wall_s": time.perf_counter() - started, "rss_before_mb": before, "peak_mb": _rss_mb()}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "rss_before_mb": before,
+        "peak_mb": peak_rss_mb(),
+    }
 
 
 def _side(kind: str, photo: Path, out: Path) -> dict[str, float]:

@@ -88,6 +88,14 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from support import (
+    PG_ADMIN,
+    create_postgres_database,
+    current_rss_mb,
+    drop_postgres_database,
+    peak_rss_mb,
+)
+
 if TYPE_CHECKING:
     from rendition_worker.core.specs import Spec
 
@@ -112,12 +120,6 @@ TARGET_SECONDS = 20.0
 TARGET_RSS_MB = 1024.0
 TARGET_GROWTH = 1.2
 NOTEBOOK_US_PER_PAIR = (0.14 + 0.02) / 21_922 * 1e6
-PG_ADMIN: dict[str, Any] = {
-    "host": "127.0.0.1",
-    "port": 5432,
-    "user": "postgres",
-    "dbname": "postgres",
-}
 STAMP = "2026-01-01 00:00:00+00"
 COPY_CHUNK = 1 << 20
 
@@ -161,28 +163,6 @@ def configure_django(db_name: str, media: Path, *, migrate: bool) -> None:
     setup_django()
     if migrate:
         call_command("migrate", run_syncdb=True, verbosity=0)
-
-
-def create_postgres_database(name: str, template: str = "template1") -> None:
-    """Create a PostgreSQL database for this run, a copy of `template` (no one connected)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-
-
-def drop_postgres_database(name: str) -> None:
-    """Drop this run's PostgreSQL database (Django's connections must be closed)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 # The dataset ------------------------------------------------------------------------------
@@ -417,21 +397,6 @@ def _copy(cursor: Any, target: str, lines: Iterable[str]) -> None:
 # The child: one measurement in a fresh process ----------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child
-    # started by a large parent would report the parent's peak.
-    with Path("/proc/self/status").open() as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _current_rss_mb() -> float:
-    with Path("/proc/self/statm").open() as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _counts(counter: Counter[str]) -> dict[str, int]:
     return {key: value for key, value in counter.items() if key != "items"}
 
@@ -531,7 +496,7 @@ def run_child_here(mode: str, db_name: str, media: Path, profile: Path | None) -
     ContentType.objects.get_for_model(Photo)
     for model in (Photo, Source, Rendition):
         model._default_manager.exists()
-    before = _current_rss_mb()
+    before = current_rss_mb()
     profiler = cProfile.Profile() if profile is not None else None
     if profiler is not None:
         profiler.enable()
@@ -539,7 +504,7 @@ def run_child_here(mode: str, db_name: str, media: Path, profile: Path | None) -
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(str(profile))
-    result.update(rss_before_mb=before, peak_mb=_peak_rss_mb(), batch=reconcile.BATCH_SIZE)
+    result.update(rss_before_mb=before, peak_mb=peak_rss_mb(), batch=reconcile.BATCH_SIZE)
     print(json.dumps(result))
 
 

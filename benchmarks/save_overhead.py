@@ -62,18 +62,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from support import PG_ADMIN, create_postgres_database, drop_postgres_database
+
 if TYPE_CHECKING:
     from django.db import models
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.5
 TARGET_ADDED_MS = 2.0
-PG_ADMIN: dict[str, Any] = {
-    "host": "127.0.0.1",
-    "port": 5432,
-    "user": "postgres",
-    "dbname": "postgres",
-}
 
 
 @dataclass
@@ -146,24 +142,6 @@ def configure_django(database: str, db_name: str, workdir: Path, queue: str) -> 
     settings.configure(**values)
     setup_django()
     call_command("migrate", run_syncdb=True, verbosity=0)
-
-
-def create_postgres_database(name: str) -> None:
-    """Create an empty PostgreSQL database for this run."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_postgres_database(name: str) -> None:
-    """Drop this run's PostgreSQL database (Django's connections must be closed)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @contextmanager
