@@ -16,7 +16,6 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import IO
 
 from rendition_worker.core.encoding import EXTENSIONS
 from rendition_worker.core.errors import InvalidSpec
@@ -44,16 +43,6 @@ class RenditionName:
     format: str
 
 
-def content_digest(fp: IO[bytes], chunk_size: int = 1 << 20) -> str:
-    """SHA-256 (hex) of everything readable from `fp`, read in chunks; rewinds `fp` after."""
-    fp.seek(0)
-    digest = hashlib.sha256()
-    while chunk := fp.read(chunk_size):
-        digest.update(chunk)
-    fp.seek(0)
-    return digest.hexdigest()
-
-
 def source_key(identity: str, digest: str) -> str:
     """The key of one version of one source: hash of its identity and content digest."""
     text = f"{identity}\x00{digest}".encode()
@@ -70,13 +59,27 @@ def slug_stem(source_name: str) -> str:
 
 
 def rendition_name(
-    *, path: str, key: str, source_name: str, spec: Spec, output_format: str, fingerprint: str
+    *,
+    path: str,
+    key: str,
+    source_name: str,
+    spec: Spec,
+    output_format: str,
+    fingerprint: str,
 ) -> str:
     """The storage name of `spec` rendered as `output_format` from the source version `key`."""
-    dotted = str(spec).replace("|", ".")
-    stem = slug_stem(source_name)
-    extension = EXTENSIONS[output_format]
-    return f"{_prefix(path)}{key[:2]}/{key}/{stem}.{dotted}.{fingerprint}.{extension}"
+    prefix = name_prefix(path, key, source_name)
+    return name_with_spec(prefix, str(spec), output_format, fingerprint)
+
+
+def name_prefix(path: str, key: str, source_name: str) -> str:
+    """The part of a name shared by every rendition of one source version: `PATH/sh/key/stem.`."""
+    return f"{source_prefix(path, key)}{slug_stem(source_name)}."
+
+
+def name_with_spec(prefix: str, spec: str, output_format: str, fingerprint: str) -> str:
+    """A full name from `name_prefix` and a canonical spec string (for callers naming many)."""
+    return f"{prefix}{spec.replace('|', '.')}.{fingerprint}.{EXTENSIONS[output_format]}"
 
 
 def source_prefix(path: str, key: str) -> str:

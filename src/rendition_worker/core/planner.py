@@ -16,11 +16,11 @@ from typing import Protocol
 
 from rendition_worker.core.encoding import EXTENSIONS
 from rendition_worker.core.naming import (
+    name_prefix,
+    name_with_spec,
     parse_rendition_name,
     rendition_name,
-    slug_stem,
     source_key,
-    source_prefix,
 )
 from rendition_worker.core.specs import parse_spec
 
@@ -150,17 +150,6 @@ def expected_name(
     )
 
 
-def _name_prefix(ref: SourceRef, source: RecordedSource, naming: Naming) -> str:
-    """Everything of an expected name before the spec: `PATH/sh/key/stem.`."""
-    key = source_key(ref.identity, source.digest)
-    return f"{source_prefix(naming.path, key)}{slug_stem(source.name)}."
-
-
-def _name_from(prefix: str, row: RecordedRendition, naming: Naming) -> str:
-    extension = EXTENSIONS.get(row.format, "")
-    return f"{prefix}{row.spec.replace('|', '.')}.{naming.fingerprint}.{extension}"
-
-
 def plan_sources(
     required: Mapping[SourceRef, tuple[str, frozenset[str]]],
     recorded: Mapping[SourceRef, RecordedSource],
@@ -213,14 +202,15 @@ def _plan_required(
     present: set[str] = set()
     if source is not None and source.digest:
         # Per source, not per row: the key hash and the file-name slug are the costly parts.
-        prefix = _name_prefix(ref, source, naming)
+        prefix = name_prefix(naming.path, source_key(ref.identity, source.digest), source.name)
         present = {
             row.spec
             for row in rows
             if row.state == READY
             and row.spec in specs
             and row.source_name == name
-            and row.name == _name_from(prefix, row, naming)
+            and row.format in EXTENSIONS
+            and row.name == name_with_spec(prefix, row.spec, row.format, naming.fingerprint)
         }
     plan.counts["present"] += len(present)
     missing = len(specs - present)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -439,12 +439,3 @@ def _with_renditions(
         ref: RecordedSource(name, state, digest, tuple(rows[pk]))
         for pk, (ref, name, state, digest) in sources.items()
     }
-
-
-def iter_steps(reconciler: Reconciler) -> Iterator[tuple[str, Counter[str]]]:
-    """Every step of a run as (phase, counts); for callers that want to interleave work."""
-    cursor: Cursor | None = {"phase": "required"}
-    while cursor is not None:
-        phase = cursor["phase"]
-        counts, cursor = reconciler.step(cursor)
-        yield phase, counts
