@@ -6,13 +6,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rendition_worker.schedule import beat_schedule
     from rendition_worker.services.lookups import (
         get_rendition,
         get_renditions,
         get_status,
         prefetch_renditions,
     )
-    from rendition_worker.tasks import beat_schedule
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 # The public API lives in Django-side modules; importing them lazily keeps this package (and
 # so the pure `rendition_worker.core`) importable without Django installed or configured.
 _LAZY = {
-    "beat_schedule": "rendition_worker.tasks",
+    "beat_schedule": "rendition_worker.schedule",
     "get_rendition": "rendition_worker.services.lookups",
     "get_renditions": "rendition_worker.services.lookups",
     "get_status": "rendition_worker.services.lookups",

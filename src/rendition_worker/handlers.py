@@ -16,6 +16,7 @@ from typing import Any
 from django.core.files.base import File
 from django.core.signals import setting_changed
 from django.db import models, transaction
+from django.db.models.fields.files import FieldFile
 from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
 from rendition_worker import registry
@@ -68,18 +69,26 @@ def _post_init(sender: type[models.Model], instance: models.Model, **kwargs: Any
 def _stored_name(instance: models.Model, entry: RegisteredField) -> str | None:
     # A file passed to the constructor is not stored yet: its name is only what the upload
     # was called ("v1.jpg"), not a file of ours to retire later ("photos/v1.jpg").
-    value = instance.__dict__.get(entry.field.attname)
-    if isinstance(value, File) and not getattr(value, "_committed", True):
+    if _uncommitted(instance.__dict__.get(entry.field.attname)):
         return ""
     return file_name(instance, entry)
+
+
+def _uncommitted(value: object) -> bool:
+    """Whether a field's value is a file still to be stored by this save (a new upload)."""
+    # As Django's FileDescriptor sees it: a File assigned directly (`photo.image =
+    # ContentFile(...)`, a form's UploadedFile) is new until the descriptor wraps it in a
+    # FieldFile, which happens only when the attribute is read (full_clean, the save).
+    if isinstance(value, FieldFile):
+        return not getattr(value, "_committed", True)
+    return isinstance(value, File)
 
 
 def _pre_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     uploaded = {
         entry.name
         for entry in registry.fields_of(sender)
-        if isinstance(value := instance.__dict__.get(entry.field.attname), File)
-        and not getattr(value, "_committed", True)
+        if _uncommitted(instance.__dict__.get(entry.field.attname))
     }
     instance.__dict__[UPLOADED_ATTRIBUTE] = uploaded
 
@@ -102,7 +111,10 @@ def _post_save(
             continue
         new = file_name(instance, entry)
         old = "" if created else snapshot.get(entry.name)
-        overwritten = entry.name in uploaded and new == old
+        # Any new upload, not only one that kept the old name: the worker may not have seen
+        # the names in between (replaced, then the first name uploaded again before it ran),
+        # and it compares the content when the name is the one its state follows.
+        overwritten = entry.name in uploaded and not created
         if new is None or (new == old and not created and not overwritten) or (created and not new):
             continue
         snapshot[entry.name] = new

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from rendition_worker.cache import lookup_cache
@@ -24,6 +24,10 @@ from rendition_worker.services.tombstones import tombstones_delete
 # a generous soft limit, and the hard limit leaves time to give the claim back.
 SOFT_TIME_LIMIT = 5 * 60
 TIME_LIMIT = SOFT_TIME_LIMIT + 30
+# How long a claim outlasts the hard time limit of the run that took it. The claim is taken
+# after the run starts, so it lapses only once the run is over (killed by the limit, or its
+# worker gone); the margin covers clock differences between worker hosts.
+CLAIM_MARGIN = 5
 
 
 # What every task of ours shares. ignore_result: nothing reads task results (summaries reach
@@ -45,6 +49,7 @@ RETRY_OPTIONS: dict[str, Any] = {
 
 
 @shared_task(
+    bind=True,
     name="rendition_worker.generate",
     reject_on_worker_lost=True,
     autoretry_for=(TransientError,),
@@ -52,6 +57,7 @@ RETRY_OPTIONS: dict[str, Any] = {
     **RETRY_OPTIONS,
 )
 def generate(
+    self: Task[Any, Any],
     model: str,
     object_id: str,
     field: str,
@@ -62,6 +68,10 @@ def generate(
     retired_original: bool = False,
 ) -> dict[str, Any]:
     """Generate every required rendition of one source version; returns a small summary."""
+    # The limits this run has: the message's, else the task's (which settings may annotate).
+    hard, soft = self.request.timelimit or (None, None)
+    hard_limit = float(hard or self.time_limit or TIME_LIMIT)
+    soft_limit = float(soft or self.soft_time_limit or SOFT_TIME_LIMIT)
     if retired_original:
         enqueue_delete()
     try:
@@ -73,11 +83,12 @@ def generate(
             force=force,
             retry_failed=retry_failed,
             overwritten=overwritten,
+            claim_seconds=round(hard_limit) + CLAIM_MARGIN,
         )
     except SoftTimeLimitExceeded:
         # Retrying would time out again, at every reconciliation: record it like a bad
         # source, so that it waits for a new file or --retry-failed.
-        error = f"rendering took longer than the {SOFT_TIME_LIMIT} s time limit"
+        error = f"rendering took longer than the {soft_limit:g} s time limit"
         source_fail(model, object_id, field, name, error)
         return {"status": "failed", "error": error}
     if summary.get("retired"):
@@ -178,15 +189,3 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
             expires=settings.reconcile_every,
         )
     return {"phase": cursor["phase"], **counts}
-
-
-def beat_schedule() -> dict[str, dict[str, Any]]:
-    """The beat entry to merge into `app.conf.beat_schedule` (every RECONCILE_EVERY s)."""
-    settings = get_settings()
-    return {
-        "rendition_worker.reconcile": {
-            "task": "rendition_worker.reconcile",
-            "schedule": float(settings.reconcile_every),
-            "options": {"queue": settings.queue, "expires": settings.reconcile_every},
-        }
-    }

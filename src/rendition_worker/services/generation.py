@@ -11,7 +11,9 @@ errors raise `TransientError` for the task to retry with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
 import tempfile
 import time
@@ -20,9 +22,9 @@ from datetime import timedelta
 from typing import IO, Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.core.files.base import ContentFile
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import Storage
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -35,14 +37,27 @@ from rendition_worker.core.planner import SourceRef
 from rendition_worker.core.specs import Spec, parse_spec
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField, file_name
+from rendition_worker.services.files import file_write
 from rendition_worker.services.state import source_point_at
 from rendition_worker.services.tombstones import tombstones_add
 
 logger = logging.getLogger(__name__)
 
-# How long a claim holds: longer than the task's hard time limit, so that a claim only
-# lapses when its worker is gone (killed, lost), and then another worker may take over.
+# How long a claim holds when the caller has no time limit of its own (the command's
+# --sync). The task passes its hard time limit and a little more: a claim must lapse only
+# when its worker is gone (killed, lost), and then another worker may take over.
 CLAIM_SECONDS = 15 * 60
+# What a batch upsert overwrites in a rendition row of the same source and spec.
+_RENDITION_UPDATE_FIELDS = (
+    "source_name",
+    "state",
+    "name",
+    "format",
+    "width",
+    "height",
+    "size",
+    "encode_ms",
+)
 # Sources up to this size are read into memory; larger ones spill to a temporary file.
 SPOOL_BYTES = 64 * 2**20
 
@@ -71,10 +86,12 @@ def source_generate(
     force: bool = False,
     retry_failed: bool = False,
     overwritten: bool = False,
+    claim_seconds: int = CLAIM_SECONDS,
 ) -> dict[str, Any]:
     """Render every required spec of `name` in `model_label`'s `field` of row `object_id`.
 
     `overwritten`: the file was uploaded again under the same name; what exists is stale.
+    `claim_seconds`: how long other workers keep off this source if this one dies.
     """
     started = time.perf_counter()
     settings = get_settings().require_valid()
@@ -82,35 +99,68 @@ def source_generate(
     if entry is None:
         logger.warning("%s.%s is not a registered field; task ignored", model_label, field)
         return {"status": "unregistered"}
-    try:
-        instance = entry.model._default_manager.filter(pk=object_id).first()
-        if instance is None:
-            return {"status": "gone"}
-        if file_name(instance, entry) != name:
-            return {"status": "stale"}
-        content_type = ContentType.objects.get_for_model(entry.model)
-        source, retired = _source_row(entry, content_type, object_id, name, overwritten=overwritten)
-        token = _claim(source, name, force=force, retry_failed=retry_failed)
-    except DatabaseError as exc:
-        raise TransientError(f"database error before rendering {name!r}: {exc}") from exc
-    if token is None:
-        state = Source.objects.filter(pk=source.pk).values_list("state", flat=True).first()
-        # Done, failed before (not retried until the file changes), or another worker has it.
-        statuses = {State.READY.value: "done", State.FAILED.value: "failed-before"}
-        status = statuses.get(state, "claimed") if state else "gone"
-        return {"status": status, "retired": retired}
-    job = _Job(settings, entry, content_type, source, name, token, force=force)
-    try:
-        summary = job.run()
-    except (OSError, DatabaseError) as exc:
-        job.release()
-        raise TransientError(f"storage or database error rendering {name!r}: {exc}") from exc
-    except BaseException:
-        job.release()
-        raise
+    with contextlib.ExitStack() as files:
+        try:
+            instance = entry.model._default_manager.filter(pk=object_id).first()
+            if instance is None:
+                return {"status": "gone"}
+            if file_name(instance, entry) != name:
+                return {"status": "stale"}
+            content_type = ContentType.objects.get_for_model(entry.model)
+            opened = None
+            if overwritten and _follows(content_type, object_id, entry, name):
+                # A new upload under the name the state already follows: stale only if the
+                # bytes changed. A redelivered task, or the same bytes uploaded again, must
+                # not retire and render again; the job reuses this read.
+                opened = _read_source(entry.field.storage, name)
+                fp, digest = files.enter_context(opened)
+                if fp is not None and _rendered(content_type, object_id, entry, name, digest):
+                    return {"status": "done", "retired": 0}
+            source, retired = _source_row(
+                entry, content_type, object_id, name, overwritten=overwritten
+            )
+            token = _claim(source, name, claim_seconds, force=force, retry_failed=retry_failed)
+        except DatabaseError as exc:
+            raise TransientError(f"database error before rendering {name!r}: {exc}") from exc
+        if token is None:
+            state = Source.objects.filter(pk=source.pk).values_list("state", flat=True).first()
+            # Done, failed before (not retried until the file changes), or another worker has it.
+            statuses = {State.READY.value: "done", State.FAILED.value: "failed-before"}
+            status = statuses.get(state, "claimed") if state else "gone"
+            return {"status": status, "retired": retired}
+        job = _Job(settings, entry, content_type, source, name, token, force=force)
+        try:
+            summary = job.run(opened)
+        except (OSError, DatabaseError) as exc:
+            job.release()
+            raise TransientError(f"storage or database error rendering {name!r}: {exc}") from exc
+        except BaseException:
+            job.release()
+            raise
     summary["retired"] = retired + job.superseded
     summary["ms"] = round((time.perf_counter() - started) * 1000)
     return summary
+
+
+def _follows(content_type: ContentType, object_id: str, entry: RegisteredField, name: str) -> bool:
+    """Whether the state row of this field already follows the file `name`."""
+    return Source.objects.filter(
+        content_type=content_type, object_id=object_id, field=entry.name, name=name
+    ).exists()
+
+
+def _rendered(
+    content_type: ContentType, object_id: str, entry: RegisteredField, name: str, digest: str
+) -> bool:
+    """Whether `name` with content `digest` is rendered already (its state is ready)."""
+    return Source.objects.filter(
+        content_type=content_type,
+        object_id=object_id,
+        field=entry.name,
+        name=name,
+        digest=digest,
+        state=State.READY,
+    ).exists()
 
 
 def _source_row(
@@ -134,7 +184,9 @@ def _source_row(
     return source, retired
 
 
-def _claim(source: Source, name: str, *, force: bool, retry_failed: bool) -> str | None:
+def _claim(
+    source: Source, name: str, seconds: int, *, force: bool, retry_failed: bool
+) -> str | None:
     now = timezone.now()
     claimable = Source.objects.filter(pk=source.pk, name=name).filter(
         Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
@@ -146,7 +198,7 @@ def _claim(source: Source, name: str, *, force: bool, retry_failed: bool) -> str
     token = uuid.uuid4().hex
     claimed = claimable.update(
         claim=token,
-        claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+        claimed_until=now + timedelta(seconds=seconds),
         state=State.PENDING,
         error="",
         started_at=now,
@@ -180,11 +232,12 @@ class _Job:
         self.started = time.perf_counter()
         self.superseded = 0  # files of earlier encoder settings this job replaced
 
-    def run(self) -> dict[str, Any]:
-        with _read_source(self.entry.field.storage, self.name) as (fp, digest):
+    def run(self, opened: _read_source | None = None) -> dict[str, Any]:
+        """Render, write and record what is missing; `opened`: the source, read already."""
+        reading = opened or _read_source(self.entry.field.storage, self.name)
+        with reading as (fp, digest):
             if fp is None:
-                missing = f"the source file {self.name!r} is not in its storage"
-                return self._fail(digest, BadSource(SourceProblem.MISSING, missing))
+                return self._fail(digest, reading.problem)
             key = source_key(SourceRef(*self._ref).identity, digest)
             specs = self._needed(key)
             if not specs:  # every rendition exists under its current name: nothing to decode
@@ -195,13 +248,22 @@ class _Job:
             except BadSource as exc:
                 return self._fail(digest, exc)
             written = recorded = total = 0
-            for rendered in rendering:
+            batch: list[tuple[str, Rendered]] = []
+            # Files are written as they come; rows are recorded one format at a time, so
+            # that a format's srcset appears whole and a source costs a few transactions,
+            # not one per rendition (the fallback format still comes out first).
+            for rendered in itertools.chain(rendering, [None]):
+                if batch and (rendered is None or rendered.format != batch[-1][1].format):
+                    refused = self._record(batch)
+                    if refused is not None:
+                        return {"status": refused, "renditions": recorded}
+                    recorded += len(batch)
+                    batch = []
+                if rendered is None:
+                    break
                 target = self._name(key, str(rendered.spec), rendered.format)
                 written += self._write(target, rendered.data)
-                refused = self._record(target, rendered)
-                if refused is not None:
-                    return {"status": refused, "renditions": recorded}
-                recorded += 1
+                batch.append((target, rendered))
                 total += len(rendered.data)
         source = rendering.source
         finished = self._finish(digest, (source.width, source.height))
@@ -251,6 +313,13 @@ class _Job:
 
     def release(self) -> None:
         """Give the claim back so that a retry can take it at once."""
+        # A query that failed outside a transaction (the server ended the session) leaves
+        # Django holding the dead connection: it checks health between requests only. The
+        # update would fail on it too, and the retry, sooner than the claim's lapse, would
+        # find the source claimed and return: pending until the next reconciliation.
+        database = connections[router.db_for_write(Source)]
+        if not database.in_atomic_block:
+            database.close_if_unusable_or_obsolete()
         try:
             Source.objects.filter(pk=self.source.pk, claim=self.token).update(
                 claim="", claimed_until=None
@@ -259,51 +328,56 @@ class _Job:
             logger.warning("could not release the claim on %s; it lapses by itself", self.name)
 
     def _write(self, target: str, data: bytes) -> int:
-        # The name is content-addressed: a file already there has exactly these bytes.
-        if self.storage.exists(target):
-            return 0
-        saved = self.storage.save(target, ContentFile(data))
-        if saved != target:  # another worker saved it meanwhile; ours is a duplicate
-            self.storage.delete(saved)
-            return 0
-        return 1
+        # Never a partial file at `target`, and one left by a killed writer is not trusted.
+        return int(file_write(self.storage, target, data))
 
-    def _record(self, target: str, rendered: Rendered) -> str | None:
-        """Record one written file; or say why not: "stale" (replaced, deleted), "claimed"."""
-        spec = str(rendered.spec)
+    def _record(self, batch: list[tuple[str, Rendered]]) -> str | None:
+        """Record written files as ready; or say why not: "stale" (replaced, deleted), "claimed"."""
+        targets = {str(rendered.spec): target for target, rendered in batch}
         with transaction.atomic():
             source = Source.objects.select_for_update().filter(pk=self.source.pk).first()
             if source is None or source.name != self.name:
-                # Replaced or deleted while we rendered: nobody will ever reference the file.
-                self.storage.delete(target)
+                # Replaced or deleted while we rendered: nobody will ever reference the files.
+                for target in targets.values():
+                    self.storage.delete(target)
                 return "stale"
             if source.claim != self.token:
                 return "claimed"  # our claim lapsed and another worker renders this version
-            previous = (
-                Rendition.objects.filter(source=source, spec=spec)
-                .values_list("name", flat=True)
-                .first()
+            previous = dict(
+                Rendition.objects.filter(source=source, spec__in=targets).values_list(
+                    "spec", "name"
+                )
             )
-            try:
-                Rendition.objects.update_or_create(
+            rows = [
+                Rendition(
                     source=source,
-                    spec=spec,
-                    defaults={
-                        "source_name": self.name,
-                        "state": State.READY,
-                        "name": target,
-                        "format": rendered.format,
-                        "width": rendered.width,
-                        "height": rendered.height,
-                        "size": len(rendered.data),
-                        "encode_ms": round(rendered.encode_ms),
-                    },
+                    spec=str(rendered.spec),
+                    source_name=self.name,
+                    state=State.READY,
+                    name=target,
+                    format=rendered.format,
+                    width=rendered.width,
+                    height=rendered.height,
+                    size=len(rendered.data),
+                    encode_ms=round(rendered.encode_ms),
+                )
+                for target, rendered in batch
+            ]
+            try:
+                # One upsert for the batch: a row of an earlier version of the same spec
+                # (replaced file, new encoder settings) is overwritten in place.
+                Rendition.objects.bulk_create(
+                    rows,
+                    update_conflicts=True,
+                    unique_fields=["source", "spec"],
+                    update_fields=[*_RENDITION_UPDATE_FIELDS],
                 )
             except IntegrityError:
                 return "claimed"
-            if previous and previous != target:
+            superseded = [name for spec, name in previous.items() if name and name != targets[spec]]
+            if superseded:
                 self.superseded += tombstones_add(
-                    self.storage_ref, [previous], Tombstone.Kind.RENDITION
+                    self.storage_ref, superseded, Tombstone.Kind.RENDITION
                 )
         cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
         return None
@@ -344,20 +418,42 @@ class _Job:
 
 
 class _read_source:  # used as a context manager, reads like one
-    """Copy the source into a spooled file, hashing it on the way; (None, '') if missing."""
+    """Copy the source into a spooled file, hashing it on the way; (None, '') if unreadable.
+
+    `problem` then says why: the file is missing, or its name is one the storage refuses.
+    Entered again, it gives the same read; the first exit closes it.
+    """
 
     def __init__(self, storage: Storage, name: str) -> None:
         self.storage = storage
         self.name = name
         self.spool: IO[bytes] | None = None
+        self.result: tuple[IO[bytes] | None, str] | None = None
+        missing = f"the source file {name!r} is not in its storage"
+        self.problem = BadSource(SourceProblem.MISSING, missing)
 
     def __enter__(self) -> tuple[IO[bytes] | None, str]:
+        if self.result is None:
+            self.result = self._read()
+        return self.result
+
+    def _read(self) -> tuple[IO[bytes] | None, str]:
         digest = hashlib.sha256()
         try:
             remote = self.storage.open(self.name, "rb")
         except FileNotFoundError:
             return None, ""
-        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        except (SuspiciousFileOperation, ValueError) as exc:
+            # A name no upload makes (raw SQL, update(), a legacy row): '../x' or an absolute
+            # path outside the storage, a NUL byte. Never read, and failed rather than retried
+            # forever; the message leaves out the server paths that Django's exception names.
+            refused = f"the source name {self.name!r} is refused by its storage"
+            reason = (
+                "it points outside the storage" if isinstance(exc, SuspiciousFileOperation) else exc
+            )
+            self.problem = BadSource(SourceProblem.MISSING, f"{refused}: {reason}")
+            return None, ""
+        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115  # __exit__
         with remote:
             for chunk in remote.chunks():
                 digest.update(chunk)
@@ -368,3 +464,4 @@ class _read_source:  # used as a context manager, reads like one
     def __exit__(self, *exc_info: object) -> None:
         if self.spool is not None:
             self.spool.close()
+            self.spool = None
