@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The real Celery worker and its helpers, registered once for the whole run (see that module).
+pytest_plugins = ("tests.live_worker",)
+
 CORPUS_ENV = "RENDITION_WORKER_CORPUS"
 REQUIRE_SERVICES_ENV = "RENDITION_WORKER_REQUIRE_SERVICES"
 

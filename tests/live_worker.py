@@ -1,9 +1,13 @@
-"""Fixtures for the Django tests: a real Celery worker on real Redis, real files, real DB.
+"""A pytest plugin: one real Celery worker on real Redis for the run, and the tests' helpers.
 
 The worker is Celery's own test worker (`celery.contrib.testing.worker.start_worker`): a
 real consumer on the Redis broker, running in a thread of the test process so that it sees
 the test database and the per-test settings. No eager mode, no mocked broker: every task
 goes through Redis as JSON.
+
+Loaded once for the whole run by tests/conftest.py (`pytest_plugins`). Its fixtures must not
+be imported into a conftest: pytest would register them again there, and a second session
+worker would start in the same process on the same app, sharing its connections.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class WorkerTracker:
     """
 
     def __init__(self) -> None:
+        self.controller: Any = None  # the WorkController, once started
         self.lock = threading.Lock()
         self.received: set[str] = set()
         self.finished: set[str] = set()
@@ -57,6 +62,14 @@ class WorkerTracker:
         with self.lock:
             self.finished.add(task_id)
             self.results.append((getattr(task, "name", "?"), retval))
+
+    def check_alive(self) -> None:
+        """Fail at once if the worker has stopped: every later wait for it would time out."""
+        from celery import bootsteps
+
+        blueprint = getattr(self.controller, "blueprint", None)
+        if blueprint is not None and blueprint.state != bootsteps.RUN:
+            pytest.fail("the session's Celery worker has stopped (see its log above)")
 
     @property
     def outstanding(self) -> int:
@@ -92,8 +105,8 @@ def _missing_service() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _services() -> None:
+@pytest.fixture(scope="session")
+def services() -> None:
     """Skip the Django tests, saying why, when a service is down; fail when CI requires it."""
     missing = _missing_service()
     if missing is None:
@@ -129,8 +142,9 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
             loglevel="WARNING",
             queues=[django_settings.TEST_QUEUE],
             shutdown_timeout=60,
-        ),
+        ) as controller,
     ):
+        tracker.controller = controller
         yield tracker
 
 
@@ -151,6 +165,7 @@ def worker(
     celery_worker: WorkerTracker, transactional_db: None, settings: Any, tmp_path: Path
 ) -> Iterator[WorkerTracker]:
     """The session worker, with real commits, a fresh MEDIA_ROOT and a clean cache per test."""
+    celery_worker.check_alive()
     settings.MEDIA_ROOT = str(tmp_path / "media")
     _clear_this_runs_cache()
     yield celery_worker
@@ -172,6 +187,7 @@ def wait_idle(tracker: WorkerTracker, timeout: float = 60) -> None:
     queue = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
 
     def idle() -> bool:
+        tracker.check_alive()
         return queue.llen(django_settings.TEST_QUEUE) == 0 and tracker.outstanding == 0
 
     wait_for(idle, timeout, "the worker to finish its tasks")

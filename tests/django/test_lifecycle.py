@@ -19,7 +19,7 @@ from django.db import transaction
 
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.services.generation import source_generate
-from tests.django.conftest import (
+from tests.live_worker import (
     WorkerTracker,
     jpeg_bytes,
     media_files,

@@ -29,7 +29,7 @@ from rendition_worker.core.specs import Op, parse_spec
 from rendition_worker.models import Rendition, Source, State
 from rendition_worker.services.generation import source_generate
 from rendition_worker.services.lookups import PREFETCH_ATTRIBUTE, Status
-from tests.django.conftest import WorkerTracker, jpeg_bytes, media_files, upload, wait_for
+from tests.live_worker import WorkerTracker, jpeg_bytes, media_files, upload, wait_for
 from tests.testapp.models import Photo, Plain, Poster
 
 PHOTO_SPECS = [str(spec) for spec in get_settings().specs_for("testapp.Photo.image")]

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from rendition_worker import beat_schedule, registry
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.services.reconcile import REPORT_KEYS
-from tests.django.conftest import (
+from tests.live_worker import (
     WorkerTracker,
     jpeg_bytes,
     media_files,

@@ -19,7 +19,6 @@ from django.template import Context, Template, TemplateSyntaxError
 import rendition_worker
 from rendition_worker.models import Rendition, State
 from rendition_worker.services.generation import source_generate
-from tests.django.conftest import WorkerTracker, jpeg_bytes, upload, wait_for
 from tests.django.test_reading import (
     fresh,
     isolate_cache_and_media,
@@ -27,6 +26,7 @@ from tests.django.test_reading import (
     record,
     stored_file,
 )
+from tests.live_worker import WorkerTracker, jpeg_bytes, upload, wait_for
 from tests.testapp.models import Photo, Plain
 
 HERO = [
