@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "rendition_worker",
+    "rendition_worker.demo",
     "tests.testapp",
 ]
 MIDDLEWARE = [
@@ -97,6 +99,22 @@ RENDITION_WORKER = {
         "testapp.Photo.image": ["hero", "thumb"],
         "testapp.Photo.cover": ["thumb"],
         "testapp.Poster.image": ["hero"],
+        "demo.Photo.image": ["hero", "thumb"],
     },
     "QUEUE": TEST_QUEUE,
 }
+
+# The fault tests (tests/faults) run Celery workers in subprocesses that must share a
+# database, a media folder, a queue and settings with the test process; these variables,
+# set only by those tests, point them there. Unset, nothing above changes.
+if _db_name := os.environ.get("RENDITION_WORKER_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = _db_name
+if _media_root := os.environ.get("RENDITION_WORKER_TEST_MEDIA_ROOT"):
+    MEDIA_ROOT = _media_root
+if _queue := os.environ.get("RENDITION_WORKER_TEST_QUEUE"):
+    TEST_QUEUE = CELERY_TASK_DEFAULT_QUEUE = RENDITION_WORKER["QUEUE"] = _queue
+# JSON object of settings to replace (STORAGES, CELERY_*, RENDITION_WORKER keys merged in).
+if _overrides := os.environ.get("RENDITION_WORKER_TEST_SETTINGS_JSON"):
+    _values = json.loads(_overrides)
+    RENDITION_WORKER = {**RENDITION_WORKER, **_values.pop("RENDITION_WORKER", {})}
+    globals().update(_values)

@@ -1,4 +1,4 @@
-"""The `rendition-worker` console command: render a folder of images with the engine."""
+"""The `rendition-worker` console command: render images with the engine, or run the demo."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(parser, args)
     if args.command != "render":
         parser.print_help()
         return 2
@@ -52,7 +54,58 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--avif-codec", choices=AVIF_CODECS, default="svt")
     sub.add_argument("--avif-speed", type=int, default=EncoderSettings().avif_speed)
     sub.add_argument("--max-pixels", type=int, default=Limits().max_pixels)
+    _demo_parser(commands)
     return parser
+
+
+def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = commands.add_parser(
+        "demo",
+        help="run the demo site with a real Celery worker and beat, on embedded defaults",
+        description=(
+            "Run the demo gallery: migrate a SQLite database, start a Celery worker (prefork) "
+            "and beat on Celery's filesystem transport, and serve the site with Django's "
+            "development server, each in its own process. Nothing but this package is needed: "
+            "the database, broker folders, file cache, media, admin password, secret key and "
+            "the processes' logs all live under --home. Environment variables that configure "
+            "the demo site for production (DATABASE_URL, CELERY_BROKER_URL, REDIS_URL, ...) are "
+            "ignored here. Ctrl-C (or SIGTERM) stops every process it started and exits 0; "
+            "if one of them dies, the others are stopped and the exit status is 1."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub.add_argument(
+        "--home",
+        type=Path,
+        default=Path("rendition-worker-demo"),
+        help="folder of the database, media, broker, logs and admin password (created if missing)",
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to serve the site on")
+    sub.add_argument("--port", type=int, default=8000, help="port to serve the site on")
+    sub.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="import every image file of DIR as a photo (title: the file name; files imported "
+        "by an earlier run are skipped) and show progress until their renditions are done",
+    )
+    sub.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="worker processes (Celery concurrency)"
+    )
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images}: not a folder")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}: not a port number")
+    # Imported here: `render` needs neither Django nor Celery.
+    from rendition_worker.demo.launcher import DemoOptions, run_demo  # noqa: PLC0415
+
+    options = DemoOptions(args.home, args.host, args.port, args.images, args.workers)
+    return run_demo(options)
 
 
 def _specs(args: argparse.Namespace) -> tuple[Spec, ...]:

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from rendition_worker.models import Rendition, Source, State
-from tests.django.conftest import WorkerTracker, jpeg_bytes, upload, wait_for
+from tests.live_worker import WorkerTracker, jpeg_bytes, upload, wait_for
 from tests.testapp.models import Photo, Poster
 
 SOURCES_URL = reverse("admin:rendition_worker_source_changelist")
@@ -310,7 +310,9 @@ def test_view_only_staff_sees_the_panel_but_not_the_action(client: Client) -> No
     photo = Photo.objects.create()
     make_source(photo, renditions=1)
     user = User.objects.create_user("viewer", password="x", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="view_photo"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_photo", content_type__app_label="testapp")
+    )
     client.force_login(user)
 
     response = client.get(reverse("admin:testapp_photo_change", args=[photo.pk]))

@@ -14,7 +14,7 @@ from django.test import override_settings
 from rendition_worker.conf import DEFAULTS, RenditionSettings, get_settings, parse_settings
 from rendition_worker.core.specs import parse_spec
 from rendition_worker.models import Source, State
-from tests.django.conftest import WorkerTracker, jpeg_bytes, upload, wait_for, wait_idle
+from tests.live_worker import WorkerTracker, jpeg_bytes, upload, wait_for, wait_idle
 from tests.testapp.models import Photo, Plain
 
 # DESIGN.md, "Settings": the documented default of every key.
@@ -184,6 +184,7 @@ def test_get_settings_is_parsed_once() -> None:
         "testapp.Photo.image": ("hero", "thumb"),
         "testapp.Photo.cover": ("thumb",),
         "testapp.Poster.image": ("hero",),
+        "demo.Photo.image": ("hero", "thumb"),
     }
 
 
