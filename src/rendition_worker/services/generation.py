@@ -108,13 +108,14 @@ def source_generate(
                 return {"status": "stale"}
             content_type = ContentType.objects.get_for_model(entry.model)
             opened = None
-            if overwritten and _follows(content_type, object_id, entry, name):
+            followed = overwritten and _followed(content_type, object_id, entry)
+            if followed and followed[0] == name:
                 # A new upload under the name the state already follows: stale only if the
                 # bytes changed. A redelivered task, or the same bytes uploaded again, must
                 # not retire and render again; the job reuses this read.
                 opened = _read_source(entry.field.storage, name)
                 fp, digest = files.enter_context(opened)
-                if fp is not None and _rendered(content_type, object_id, entry, name, digest):
+                if fp is not None and followed[1:] == (digest, State.READY):
                     return {"status": "done", "retired": 0}
             source, retired = _source_row(
                 entry, content_type, object_id, name, overwritten=overwritten
@@ -142,25 +143,15 @@ def source_generate(
     return summary
 
 
-def _follows(content_type: ContentType, object_id: str, entry: RegisteredField, name: str) -> bool:
-    """Whether the state row of this field already follows the file `name`."""
-    return Source.objects.filter(
-        content_type=content_type, object_id=object_id, field=entry.name, name=name
-    ).exists()
-
-
-def _rendered(
-    content_type: ContentType, object_id: str, entry: RegisteredField, name: str, digest: str
-) -> bool:
-    """Whether `name` with content `digest` is rendered already (its state is ready)."""
-    return Source.objects.filter(
-        content_type=content_type,
-        object_id=object_id,
-        field=entry.name,
-        name=name,
-        digest=digest,
-        state=State.READY,
-    ).exists()
+def _followed(
+    content_type: ContentType, object_id: str, entry: RegisteredField
+) -> tuple[str, str, str] | None:
+    """The file name, digest and state that the state row of this field follows, if any."""
+    return (
+        Source.objects.filter(content_type=content_type, object_id=object_id, field=entry.name)
+        .values_list("name", "digest", "state")
+        .first()
+    )
 
 
 def _source_row(
