@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import signals
+from celery import bootsteps, signals
 from django.conf import settings as django_settings
 from django.core.files.base import ContentFile
 from PIL import Image
@@ -65,8 +65,6 @@ class WorkerTracker:
 
     def check_alive(self) -> None:
         """Fail at once if the worker has stopped: every later wait for it would time out."""
-        from celery import bootsteps
-
         blueprint = getattr(self.controller, "blueprint", None)
         if blueprint is not None and blueprint.state != bootsteps.RUN:
             pytest.fail("the session's Celery worker has stopped (see its log above)")
