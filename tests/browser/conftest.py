@@ -2,7 +2,7 @@
 
 The site is the demo's own URLconf, served by Django's threaded live server on 127.0.0.1,
 media included: the demo's `media` view serves them, as `rendition-worker demo` does. The
-renditions are made by the real Celery worker of tests/django/conftest.py. The browser is
+renditions are made by the real Celery worker of tests/live_worker.py. The browser is
 Debian's Chromium (installed by .ci/run), never Playwright's own download.
 """
 

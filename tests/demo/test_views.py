@@ -1,4 +1,4 @@
-"""The demo's pages in-process, against the real Celery worker of tests/django/conftest.py.
+"""The demo's pages in-process, against the real Celery worker of tests/live_worker.py.
 
 Django's test client drives the demo's own URLconf with the test settings (where the demo
 app is installed with the test sets); the renditions are made by the real worker on Redis.
