@@ -12,6 +12,7 @@ worker would start in the same process on the same app, sharing its connections.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -213,3 +214,23 @@ def media_files(root: str | Path, prefix: str = "") -> set[str]:
         for path in base.rglob("*")
         if path.is_file() and str(path.relative_to(base)).startswith(prefix)
     }
+
+
+def digest(data: bytes) -> str:
+    """The SHA-256 hex digest the worker records for a source of these bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def ready_version(photo: Any, content: bytes, count: int) -> list[Any]:
+    """Wait until `photo`'s image is ready with `count` renditions made from exactly `content`."""
+    from rendition_worker.models import Rendition, Source, State
+
+    def ready() -> list[Any] | None:
+        source = Source.objects.filter(object_id=str(photo.pk), field="image").first()
+        if source is None or source.state != State.READY or source.digest != digest(content):
+            return None
+        rows = list(Rendition.objects.filter(source=source, state=State.READY))
+        return rows if len(rows) == count else None
+
+    rows: list[Any] = wait_for(ready, what=f"{count} renditions of {photo.image.name}")
+    return rows

@@ -8,7 +8,6 @@ decoding (`race_support.CountingStorage` counts the opens per name and content).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import subprocess
@@ -29,6 +28,7 @@ from rendition_worker.conf import get_settings
 from rendition_worker.core.naming import parse_rendition_name, source_key
 from rendition_worker.core.planner import SourceRef
 from rendition_worker.models import Rendition, Source, State, Tombstone
+from tests import live_worker
 from tests.django.race_support import (
     READS,
     ROOT,
@@ -39,7 +39,7 @@ from tests.django.race_support import (
     writer_command,
     writer_environment,
 )
-from tests.live_worker import WorkerTracker, media_files, upload, wait_for, wait_idle
+from tests.live_worker import WorkerTracker, digest, media_files, upload, wait_for, wait_idle
 from tests.testapp.models import Photo
 
 HERO_AND_THUMB = 7  # hero: 2 widths x 3 formats, thumb: 1 spec
@@ -56,10 +56,6 @@ def counted(worker: WorkerTracker, settings: Any) -> Iterator[TaskLog]:
     log = TaskLog().connect()
     yield log
     log.disconnect()
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def key_of(photo: Photo, content_digest: str) -> str:
@@ -79,16 +75,7 @@ def keys_on_storage(root: str) -> set[str | None]:
 
 def ready_version(photo: Photo, content: bytes, count: int = HERO_AND_THUMB) -> list[Rendition]:
     """Wait until `photo` is ready with `count` renditions made from exactly `content`."""
-
-    def ready() -> list[Rendition] | None:
-        source = Source.objects.filter(object_id=str(photo.pk), field="image").first()
-        if source is None or source.state != State.READY or source.digest != digest(content):
-            return None
-        rows = list(Rendition.objects.filter(source=source, state=State.READY))
-        return rows if len(rows) == count else None
-
-    rows: list[Rendition] = wait_for(ready, what=f"{count} renditions of {photo.image.name}")
-    return rows
+    return live_worker.ready_version(photo, content, count)
 
 
 def drained(worker: WorkerTracker) -> None:

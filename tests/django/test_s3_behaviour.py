@@ -7,7 +7,6 @@ Celery worker renders them, and every assertion reads the bucket back over the S
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -23,12 +22,13 @@ from django.core.management import call_command
 from PIL import Image
 
 from rendition_worker.core.naming import parse_rendition_name
-from rendition_worker.models import Rendition, Source, State, Tombstone
+from rendition_worker.models import Rendition, Source, Tombstone
 from tests.django.s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_bucket, s3_client, s3_endpoint
 from tests.live_worker import (
     WorkerTracker,
     jpeg_bytes,
     media_files,
+    ready_version,
     upload,
     wait_for,
     wait_idle,
@@ -130,23 +130,9 @@ def _record_list_pages(bucket: Bucket) -> None:
     storage.bucket.meta.client.meta.events.register("after-call.s3.ListObjectsV2", record)
 
 
-def digest(data: bytes) -> str:
-    """Hex SHA-256, as the state rows record a source's content."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def ready(photo: Photo, content: bytes) -> list[Rendition]:
     """Wait until `photo`'s image is ready with every rendition made from exactly `content`."""
-
-    def settled() -> list[Rendition] | None:
-        source = Source.objects.filter(object_id=str(photo.pk), field="image").first()
-        if source is None or source.state != State.READY or source.digest != digest(content):
-            return None
-        rows = list(Rendition.objects.filter(source=source, state=State.READY))
-        return rows if len(rows) == HERO_AND_THUMB else None
-
-    rows: list[Rendition] = wait_for(settled, what=f"the renditions of {photo.image.name}")
-    return rows
+    return ready_version(photo, content, HERO_AND_THUMB)
 
 
 def stored_name(photo: Photo) -> str:
