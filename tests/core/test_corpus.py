@@ -56,7 +56,7 @@ Decoded = list[tuple[Rendered, Image.Image]]
 ExtraCheck = Callable[[Path, Decoded], None]
 
 
-def _hostile_rows(*expected: str) -> list[Any]:
+def hostile_rows(*expected: str) -> list[Any]:
     """Manifest rows under hostile/ as params; one placeholder when the corpus is absent."""
     path = corpus_path()
     if not (path / "MANIFEST.csv").is_file():
@@ -319,7 +319,7 @@ def check_bomb(path: Path) -> None:
     assert outcome["seconds"] < BOMB_HANG_GUARD_SECONDS, outcome
 
 
-@pytest.mark.parametrize("row", _hostile_rows())
+@pytest.mark.parametrize("row", hostile_rows())
 def test_hostile_file(corpus: Path, row: dict[str, str]) -> None:
     path = corpus / row["file"]
     expected = expectation(row)
@@ -334,7 +334,7 @@ def test_hostile_file(corpus: Path, row: dict[str, str]) -> None:
     assert sha256(path) == row["sha256"], "the original file changed"
 
 
-@pytest.mark.parametrize("row", _hostile_rows("reject-corrupt"))
+@pytest.mark.parametrize("row", hostile_rows("reject-corrupt"))
 def test_damaged_file_stays_damaged_when_truncated_images_are_allowed(
     corpus: Path, row: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,8 +26,13 @@ from PIL import Image
 
 from rendition_worker.core.specs import parse_spec
 from rendition_worker.models import Rendition, Source, State
-from tests.conftest import corpus_path, read_manifest
-from tests.core.test_corpus import REJECTIONS, expectation, expected_size, upright_source_size
+from tests.core.test_corpus import (
+    REJECTIONS,
+    expectation,
+    expected_size,
+    hostile_rows,
+    upright_source_size,
+)
 from tests.live_worker import WorkerTracker, jpeg_bytes, media_files, upload, wait_idle
 from tests.testapp.models import Photo
 
@@ -36,19 +41,6 @@ HERO_AND_THUMB = 7  # hero: 2 widths x 3 formats, thumb: 1 spec
 SETTLE_TIMEOUT = 180
 GENERATE = "rendition_worker.generate"
 T = TypeVar("T")
-
-
-def hostile_rows() -> list[Any]:
-    """The manifest rows under hostile/ as params; one placeholder when the corpus is absent."""
-    path = corpus_path()
-    if not (path / "MANIFEST.csv").is_file():
-        # The `corpus` fixture then skips (or, services required, fails) with the reason.
-        return [pytest.param(None, id="corpus-missing")]
-    return [
-        pytest.param(row, id=Path(row["file"]).name)
-        for row in read_manifest(path)
-        if row["file"].startswith("hostile/")
-    ]
 
 
 @dataclass
