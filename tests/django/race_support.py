@@ -9,6 +9,7 @@ tests/settings.py reads (RENDITION_WORKER_TEST_DB_NAME, _MEDIA_ROOT, _QUEUE, _SE
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
@@ -82,10 +83,17 @@ class CountingStorage(FileSystemStorage):
         return super()._open(name, mode)
 
 
-def storages_setting(**options: Any) -> dict[str, dict[str, Any]]:
-    """A STORAGES setting whose default storage is `CountingStorage` with `options`."""
+class UnreadableStorage(CountingStorage):
+    """CountingStorage whose originals cannot be read: every open fails as a dead disk would."""
+
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        raise OSError(errno.EIO, "injected read error", name)
+
+
+def storages_setting(backend: str = "CountingStorage", **options: Any) -> dict[str, dict[str, Any]]:
+    """A STORAGES setting whose default storage is `backend` (of this module) with `options`."""
     return {
-        "default": {"BACKEND": f"{__name__}.CountingStorage", "OPTIONS": options},
+        "default": {"BACKEND": f"{__name__}.{backend}", "OPTIONS": options},
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
 

@@ -28,6 +28,7 @@ from rendition_worker.conf import get_settings
 from rendition_worker.core.naming import parse_rendition_name, source_key
 from rendition_worker.core.planner import SourceRef
 from rendition_worker.models import Rendition, Source, State, Tombstone
+from rendition_worker.services.generation import TransientError, source_generate
 from tests import live_worker
 from tests.django.race_support import (
     READS,
@@ -378,6 +379,19 @@ def test_redelivered_overwrite_task_renders_nothing(
     # The file is read once more, to compare its bytes: a redelivered task cannot tell an
     # upload of new bytes under the same name from its own first delivery otherwise.
     assert READS.of(photo.image.name, digest(after)) == 2
+
+
+def test_a_storage_error_comparing_an_overwritten_file_is_retried(
+    worker: WorkerTracker, counted: TaskLog, settings: Any
+) -> None:
+    photo, after = overwritten_twice(worker, counted, settings, seed=50)
+    settings.STORAGES = storages_setting("UnreadableStorage", allow_overwrite=True)
+    # Retried with backoff like every storage error, never failed or left half-done.
+    with pytest.raises(TransientError, match="injected read error"):
+        source_generate("testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True)
+    source = Source.objects.get(object_id=str(photo.pk), field="image")
+    assert (source.state, source.digest) == (State.READY, digest(after))
+    assert Rendition.objects.filter(source=source, state=State.READY).count() == HERO_AND_THUMB
 
 
 def test_same_name_back_before_the_worker_saw_the_change(

@@ -121,8 +121,11 @@ def source_generate(
                 entry, content_type, object_id, name, overwritten=overwritten
             )
             token = _claim(source, name, claim_seconds, force=force, retry_failed=retry_failed)
-        except DatabaseError as exc:
-            raise TransientError(f"database error before rendering {name!r}: {exc}") from exc
+        except (OSError, DatabaseError) as exc:
+            # OSError: reading an overwritten file to compare it, as rendering would read it.
+            raise TransientError(
+                f"storage or database error before rendering {name!r}: {exc}"
+            ) from exc
         if token is None:
             state = Source.objects.filter(pk=source.pk).values_list("state", flat=True).first()
             # Done, failed before (not retried until the file changes), or another worker has it.
