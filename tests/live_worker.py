@@ -127,7 +127,7 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
 
     from tests.celery_app import app
 
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).delete(django_settings.TEST_QUEUE)
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).delete(*test_queues())
     tracker = WorkerTracker()
     # The worker thread uses the database between tests too (late tasks of the previous
     # test), so database access stays unblocked for the session.
@@ -139,7 +139,8 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
             concurrency=2,
             perform_ping_check=False,
             loglevel="WARNING",
-            queues=[django_settings.TEST_QUEUE],
+            # Both lanes, interactive first, as the README tells a site to run its workers.
+            queues=test_queues(),
             shutdown_timeout=60,
         ) as controller,
     ):
@@ -181,13 +182,28 @@ def _clear_this_runs_cache() -> None:
         client.delete(*keys)
 
 
+def test_queues() -> list[str]:
+    """The test run's interactive and bulk queues, in the order the worker consumes them."""
+    return [django_settings.TEST_QUEUE, django_settings.TEST_BULK_QUEUE]
+
+
+def flush_publisher(timeout: float = 30) -> None:
+    """Wait until this process's outbox publisher has handed every message to the broker."""
+    from rendition_worker.services.outbox import publisher
+
+    if not publisher.flush(timeout):
+        pytest.fail(f"the outbox publisher did not publish within {timeout:.0f} s")
+
+
 def wait_idle(tracker: WorkerTracker, timeout: float = 60) -> None:
-    """Wait until the queue is empty and the worker has finished what it received."""
+    """Wait until the queues are empty and the worker has finished what it received."""
     queue = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    flush_publisher()
 
     def idle() -> bool:
         tracker.check_alive()
-        return queue.llen(django_settings.TEST_QUEUE) == 0 and tracker.outstanding == 0
+        waiting = sum(queue.llen(name) for name in test_queues())
+        return waiting == 0 and tracker.outstanding == 0
 
     wait_for(idle, timeout, "the worker to finish its tasks")
 

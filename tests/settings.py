@@ -81,14 +81,18 @@ CACHES = {
     }
 }
 
-# One queue per test run, so that parallel runs on one Redis never take each other's tasks.
+# One queue per lane per test run, so that parallel runs on one Redis never take each
+# other's tasks.
 TEST_QUEUE = f"renditions-test-{os.getpid()}"
+TEST_BULK_QUEUE = f"{TEST_QUEUE}.bulk"
 CELERY_BROKER_URL = f"{REDIS_URL}/2"
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = TEST_QUEUE
+# Interactive work first: BRPOP the queues in the order the worker was given them.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"queue_order_strategy": "priority"}
 
 RENDITION_WORKER = {
     "SETS": {
@@ -102,6 +106,7 @@ RENDITION_WORKER = {
         "demo.Photo.image": ["hero", "thumb"],
     },
     "QUEUE": TEST_QUEUE,
+    "BULK_QUEUE": TEST_BULK_QUEUE,
 }
 
 # The fault tests (tests/faults) run Celery workers in subprocesses that must share a
@@ -113,6 +118,7 @@ if _media_root := os.environ.get("RENDITION_WORKER_TEST_MEDIA_ROOT"):
     MEDIA_ROOT = _media_root
 if _queue := os.environ.get("RENDITION_WORKER_TEST_QUEUE"):
     TEST_QUEUE = CELERY_TASK_DEFAULT_QUEUE = RENDITION_WORKER["QUEUE"] = _queue
+    TEST_BULK_QUEUE = RENDITION_WORKER["BULK_QUEUE"] = f"{_queue}.bulk"
 # JSON object of settings to replace (STORAGES, CELERY_*, RENDITION_WORKER keys merged in).
 if _overrides := os.environ.get("RENDITION_WORKER_TEST_SETTINGS_JSON"):
     _values = json.loads(_overrides)

@@ -30,9 +30,10 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
-from rendition_worker import registry, tasks
+from rendition_worker import registry
 from rendition_worker.models import Rendition, Source
 from rendition_worker.registry import RegisteredField
+from rendition_worker.services import broker, outbox
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[Any]
@@ -77,7 +78,7 @@ def _enqueue_regeneration(entries: Sequence[RegisteredField], queryset: QuerySet
     for pk, *names in queryset.values_list("pk", *attnames):
         for entry, name in zip(entries, names, strict=True):
             if name:
-                tasks.enqueue_generate(entry, str(pk), name, force=True)
+                outbox.work_request(entry, str(pk), name, force=True, lane=broker.BULK)
                 queued += 1
     return queued
 

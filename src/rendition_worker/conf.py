@@ -34,6 +34,9 @@ DEFAULTS: Mapping[str, Any] = {
     "DELETE_ORIGINALS": True,
     "MAX_PIXELS": 100_000_000,
     "QUEUE": "renditions",
+    "BULK_QUEUE": "renditions.bulk",
+    "BULK_MAX_QUEUED": 1000,
+    "RELAY_AFTER": 60,
     "RECONCILE_EVERY": 3600,
     "ORPHAN_GRACE": 3600,
     "CACHE": "default",
@@ -41,7 +44,9 @@ DEFAULTS: Mapping[str, Any] = {
     "AVIF_CODEC": "svt",
 }
 _NON_NEGATIVE_INTS = ("MAX_PIXELS", "RECONCILE_EVERY", "ORPHAN_GRACE", "DELETE_DELAY")
-_NON_EMPTY_STRINGS = ("QUEUE", "CACHE")
+# Zero would stop reconciliation (no bulk task may wait) or relay every intent at once.
+_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER")
+_NON_EMPTY_STRINGS = ("QUEUE", "BULK_QUEUE", "CACHE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,9 @@ class RenditionSettings:
     delete_originals: bool
     max_pixels: int
     queue: str
+    bulk_queue: str
+    bulk_max_queued: int
+    relay_after: int
     reconcile_every: int
     orphan_grace: int
     cache: str
@@ -153,6 +161,9 @@ def parse_settings(raw: object) -> RenditionSettings:
         delete_originals=bool(values["DELETE_ORIGINALS"]),
         max_pixels=_int_or_default(values, "MAX_PIXELS"),
         queue=_str_or_default(values, "QUEUE"),
+        bulk_queue=_str_or_default(values, "BULK_QUEUE"),
+        bulk_max_queued=_int_or_default(values, "BULK_MAX_QUEUED", minimum=1),
+        relay_after=_int_or_default(values, "RELAY_AFTER", minimum=1),
         reconcile_every=_int_or_default(values, "RECONCILE_EVERY"),
         orphan_grace=_int_or_default(values, "ORPHAN_GRACE"),
         cache=_str_or_default(values, "CACHE"),
@@ -162,9 +173,9 @@ def parse_settings(raw: object) -> RenditionSettings:
     )
 
 
-def _int_or_default(values: Mapping[str, Any], key: str) -> int:
+def _int_or_default(values: Mapping[str, Any], key: str, minimum: int = 0) -> int:
     value = values[key]
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     return int(value) if valid else int(DEFAULTS[key])
 
 
@@ -184,6 +195,17 @@ def _check_scalars(values: Mapping[str, Any], problems: list[Problem]) -> None:
                     f"Set it to a number of {'pixels' if key == 'MAX_PIXELS' else 'seconds'}.",
                 )
             )
+    for key in _POSITIVE_INTS:
+        value = values[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            unit = "tasks" if key == "BULK_MAX_QUEUED" else "seconds"
+            problems.append(
+                Problem(
+                    "rendition_worker.E003",
+                    f"{SETTING}[{key!r}] must be a whole number >= 1, not {value!r}",
+                    f"Set it to a number of {unit} (default {DEFAULTS[key]}).",
+                )
+            )
     for key in _NON_EMPTY_STRINGS:
         if not isinstance(values[key], str) or not values[key]:
             problems.append(
@@ -193,6 +215,15 @@ def _check_scalars(values: Mapping[str, Any], problems: list[Problem]) -> None:
                     "Name a queue or a cache alias.",
                 )
             )
+    if values["QUEUE"] == values["BULK_QUEUE"] and isinstance(values["QUEUE"], str):
+        problems.append(
+            Problem(
+                "rendition_worker.E009",
+                f"{SETTING}['QUEUE'] and ['BULK_QUEUE'] are both {values['QUEUE']!r}: "
+                "a backfill would delay every fresh upload",
+                "Give the bulk lane its own queue, e.g. 'renditions.bulk' (the default).",
+            )
+        )
     path = values["PATH"]
     if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
         problems.append(

@@ -2,14 +2,16 @@
 
 Wired once from `AppConfig.ready()` (and again when the settings change in tests), per
 registered model so that other models pay nothing. `post_init` snapshots each registered
-field's file name; `post_save` compares, `post_delete` forgets; the work itself runs in
-`transaction.on_commit`, so a rolled-back transaction enqueues and deletes nothing. A
-failure there is logged with model, field and file and never breaks the save: the beat
-reconciliation is the safety net.
+field's file name; `post_save` compares, `post_delete` forgets. The work is recorded in the
+changing transaction (an outbox row) and published after the commit by a background
+thread, so a rolled-back transaction enqueues and deletes nothing and the save never waits
+on the broker. A failure is logged with model, field and file and never breaks the save:
+the outbox's relay and the beat reconciliation are the safety nets.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -21,7 +23,7 @@ from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
 from rendition_worker import registry
 from rendition_worker.registry import RegisteredField, file_name
-from rendition_worker.services.changes import original_retire, source_changed
+from rendition_worker.services.changes import change_publish, change_record
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +120,7 @@ def _post_save(
         if new is None or (new == old and not created and not overwritten) or (created and not new):
             continue
         snapshot[entry.name] = new
-        retired = original_retire(entry, old or "", new, using=using)
-        change = _Change(
-            entry, str(instance.pk), old or "", new, overwritten=overwritten, retired=retired
-        )
-        transaction.on_commit(change.apply, using=using, robust=True)
+        _record(entry, str(instance.pk), old or "", new, using=using, overwritten=overwritten)
 
 
 def _post_delete(
@@ -133,48 +131,30 @@ def _post_delete(
         name = file_name(instance, entry)
         if name is None:
             name = snapshot.get(entry.name)
-        retired = original_retire(entry, name or "", None, using=using)
-        change = _Change(entry, str(instance.pk), name or "", None, retired=retired)
-        transaction.on_commit(change.apply, using=using, robust=True)
+        _record(entry, str(instance.pk), name or "", None, using=using)
 
 
-class _Change:
-    """A committed change of one field of one row: old name -> new name (None: row deleted)."""
-
-    def __init__(
-        self,
-        entry: RegisteredField,
-        object_id: str,
-        old: str,
-        new: str | None,
-        *,
-        overwritten: bool = False,
-        retired: bool = False,
-    ) -> None:
-        self.entry = entry
-        self.object_id = object_id
-        self.old = old
-        self.new = new
-        self.overwritten = overwritten
-        self.retired = retired
-
-    def apply(self) -> None:
-        try:
-            source_changed(
-                self.entry,
-                self.object_id,
-                self.new,
-                overwritten=self.overwritten,
-                retired_original=self.retired,
-            )
-        except Exception:
-            logger.exception(
-                "rendition-worker could not handle %s of %s pk=%s field %s (old %r, new %r); "
-                "the next reconciliation will",
-                "the deletion" if self.new is None else "the change",
-                self.entry.model._meta.label,
-                self.object_id,
-                self.entry.name,
-                self.old,
-                self.new,
-            )
+def _record(
+    entry: RegisteredField,
+    object_id: str,
+    old: str,
+    new: str | None,
+    *,
+    using: str,
+    overwritten: bool = False,
+) -> None:
+    try:
+        message = change_record(entry, object_id, old, new, using=using, overwritten=overwritten)
+    except Exception:
+        logger.exception(
+            "rendition-worker could not handle %s of %s pk=%s field %s (old %r, new %r); "
+            "the next reconciliation will",
+            "the deletion" if new is None else "the change",
+            entry.model._meta.label,
+            object_id,
+            entry.name,
+            old,
+            new,
+        )
+        return
+    transaction.on_commit(functools.partial(change_publish, message), using=using, robust=True)

@@ -6,6 +6,8 @@
   The unique constraints make concurrent writers safe: a lost race is an IntegrityError.
 - `Tombstone`: a stale file waiting for deletion (DELETE_DELAY, or until a worker runs);
   durable, so nothing is leaked when a broker or worker is down.
+- `Intent`: the outbox. Work a change asked for, written in the change's own transaction
+  and deleted when a worker takes it up; the relay publishes again what waits too long.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class Source(models.Model):
                 fields=["content_type", "object_id", "field"], name="rendition_worker_one_source"
             )
         ]
-        indexes = [models.Index(fields=["state"], name="rendition_worker_source_state")]
+        indexes = [
+            models.Index(fields=["state"], name="rendition_worker_source_state"),
+            # Renders in the last hour, for the metrics a scaler reads every few seconds.
+            models.Index(fields=["finished_at"], name="rendition_worker_finished"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.content_type_id}:{self.object_id}.{self.field} {self.name} ({self.state})"
@@ -104,3 +110,32 @@ class Tombstone(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.storage}:{self.name} after {self.delete_after:%Y-%m-%d %H:%M}"
+
+
+class Intent(models.Model):
+    """Work asked for by a committed change that no worker has taken up yet (the outbox)."""
+
+    class Action(models.TextChoices):
+        GENERATE = "generate", "generate"
+        FORGET = "forget", "forget"
+
+    class Lane(models.TextChoices):
+        INTERACTIVE = "interactive", "interactive"
+        BULK = "bulk", "bulk"
+
+    action = models.CharField(max_length=16, choices=Action.choices)
+    lane = models.CharField(max_length=16, choices=Lane.choices, default=Lane.INTERACTIVE)
+    model = models.CharField(max_length=200, help_text="app_label.Model of the changed row.")
+    object_id = models.CharField(max_length=64)
+    field = models.CharField(max_length=100)
+    name = models.CharField(max_length=1024, blank=True, help_text="The new file ('' = none).")
+    overwritten = models.BooleanField(default=False)
+    retired_original = models.BooleanField(default=False)
+    force = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+    # When the relay publishes it (again) if no worker has taken it up by then.
+    due_at = models.DateTimeField(db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Relay publishes so far.")
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.model} pk={self.object_id} {self.field} {self.name!r}"

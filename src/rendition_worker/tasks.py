@@ -6,7 +6,9 @@ reusable app creates no Celery app. Arguments are ids and names only, never obje
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -15,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from rendition_worker.cache import lookup_cache
 from rendition_worker.conf import get_settings
 from rendition_worker.registry import RegisteredField
+from rendition_worker.services import broker, outbox
 from rendition_worker.services.generation import TransientError, source_fail, source_generate
 from rendition_worker.services.reconcile import Reconciler
 from rendition_worker.services.state import source_forget
@@ -66,8 +69,13 @@ def generate(
     retry_failed: bool = False,
     overwritten: bool = False,
     retired_original: bool = False,
+    intent: int | None = None,
 ) -> dict[str, Any]:
     """Generate every required rendition of one source version; returns a small summary."""
+    if not outbox.intent_pending(intent):
+        # The relay published this intent again while a worker was already on it, and that
+        # worker has finished: a duplicate, with nothing left to do.
+        return {"status": "duplicate"}
     # The limits this run has: the message's, else the task's (which settings may annotate).
     hard, soft = self.request.timelimit or (None, None)
     hard_limit = float(hard or self.time_limit or TIME_LIMIT)
@@ -90,9 +98,14 @@ def generate(
         # source, so that it waits for a new file or --retry-failed.
         error = f"rendering took longer than the {soft_limit:g} s time limit"
         source_fail(model, object_id, field, name, error)
+        outbox.intent_done(intent)
         return {"status": "failed", "error": error}
     if summary.get("retired"):
         enqueue_delete()
+    # "claimed": another worker renders this version now and will finish the intent, or
+    # its claim lapses and the relay publishes the intent again.
+    if summary.get("status") != "claimed":
+        outbox.intent_done(intent)
     return summary
 
 
@@ -103,12 +116,18 @@ def generate(
     **RETRY_OPTIONS,
 )
 def delete(
-    model: str | None = None, object_id: str | None = None, field: str | None = None
+    model: str | None = None,
+    object_id: str | None = None,
+    field: str | None = None,
+    intent: int | None = None,
 ) -> dict[str, Any]:
     """Retire a deleted or cleared source (when named), then delete the due stale files."""
     summary: dict[str, Any] = {}
     if model is not None and object_id is not None and field is not None:
+        if not outbox.intent_pending(intent):
+            return {"status": "duplicate"}
         summary = source_forget(model, object_id, field)
+        outbox.intent_done(intent)
         if get_settings().delete_delay:
             enqueue_delete()  # its files are due only after DELETE_DELAY
             return summary
@@ -124,33 +143,57 @@ def enqueue_generate(
     name: str,
     *,
     force: bool = False,
-    overwritten: bool = False,
-    retired_original: bool = False,
+    lane: str = broker.INTERACTIVE,
 ) -> None:
-    """Queue generation of `name` for row `object_id` of `entry`'s model."""
+    """Queue generation of `name` for row `object_id` of `entry`'s model, on `lane`.
+
+    Published at once from the calling process: for the worker's own follow-ups and the
+    operator's commands. A web request asks through the outbox instead (`changes`).
+    """
     kwargs = {
         "model": entry.model_label,
         "object_id": object_id,
         "field": entry.name,
         "name": name,
         "force": force,
-        "overwritten": overwritten,
-        "retired_original": retired_original,
     }
     # Our own repr of these plain strings and booleans (what Flower shows): Celery's
-    # generic saferepr costs a sixth of a publish, inside the web request.
-    generate.apply_async(kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue)
+    # generic saferepr costs a sixth of a publish.
+    generate.apply_async(kwargs=kwargs, kwargsrepr=repr(kwargs), queue=broker.lane_queue(lane))
 
 
-def enqueue_generation(entry: RegisteredField, object_id: str, name: str, force: bool) -> None:
-    """`enqueue_generate` in the shape the reconciler calls it."""
-    enqueue_generate(entry, object_id, name, force=force)
+def enqueue_backfill(entry: RegisteredField, object_id: str, name: str, force: bool) -> None:
+    """`enqueue_generate` on the bulk lane, in the shape the reconciler calls it."""
+    enqueue_generate(entry, object_id, name, force=force, lane=broker.BULK)
 
 
-def enqueue_forget(entry: RegisteredField, object_id: str) -> None:
-    """Queue the retirement of a deleted or cleared source, and its stale files."""
-    kwargs = {"model": entry.model_label, "object_id": object_id, "field": entry.name}
-    delete.apply_async(kwargs=kwargs, kwargsrepr=repr(kwargs), queue=get_settings().queue)
+class PacedBackfill:
+    """`enqueue_backfill` that waits while BULK_MAX_QUEUED tasks wait on the bulk lane.
+
+    For the commands, which enqueue from one process for as long as it takes: the lane then
+    never holds more than BULK_MAX_QUEUED plus CHECK_EVERY tasks.
+    """
+
+    CHECK_EVERY = 100
+    POLL_SECONDS = 5.0
+
+    def __init__(self, on_wait: Callable[[int | None], None] | None = None) -> None:
+        self.limit = get_settings().bulk_max_queued
+        self.on_wait = on_wait
+        self.unchecked = self.CHECK_EVERY  # look before the first one
+        self.waited = 0.0
+
+    def __call__(self, entry: RegisteredField, object_id: str, name: str, force: bool) -> None:
+        """Enqueue one source's generation on the bulk lane, after waiting for room."""
+        if self.unchecked >= min(self.CHECK_EVERY, self.limit):
+            while (waiting := bulk_waiting()) is None or waiting >= self.limit:
+                if self.on_wait is not None:
+                    self.on_wait(waiting)
+                time.sleep(self.POLL_SECONDS)
+                self.waited += self.POLL_SECONDS
+            self.unchecked = 0
+        enqueue_backfill(entry, object_id, name, force)
+        self.unchecked += 1
 
 
 def enqueue_delete(countdown: int | None = None) -> None:
@@ -160,14 +203,30 @@ def enqueue_delete(countdown: int | None = None) -> None:
     delete.apply_async(queue=get_settings().queue, countdown=delay + 1 if delay else 0)
 
 
+@shared_task(name="rendition_worker.relay", **TASK_OPTIONS)
+def relay() -> dict[str, int]:
+    """Publish again the outbox's intents that no worker took up within RELAY_AFTER."""
+    return outbox.intents_relay()
+
+
 # Held (in the CACHE alias) by the reconciliation chain that runs, so that beat starting a
 # new one while a long one is still going does not double the work.
 RECONCILE_LOCK = "rendition_worker:reconcile:run"
 
 
+# How long a reconciliation chain waits before it looks at the bulk lane again when
+# BULK_MAX_QUEUED tasks wait there (at ~1 s a source on 2 processes, 1,000 tasks last ~8 min).
+BACKPRESSURE_WAIT = 15
+
+
 @shared_task(name="rendition_worker.reconcile", **TASK_OPTIONS)
 def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> dict[str, Any]:
-    """One bounded step of reconciliation; re-enqueues itself with the next cursor."""
+    """One bounded step of reconciliation; re-enqueues itself with the next cursor.
+
+    A step may enqueue up to one batch of bulk generation. It runs only while fewer than
+    BULK_MAX_QUEUED bulk tasks wait on the broker, so the lane never holds more than that
+    plus one batch; otherwise the chain waits BACKPRESSURE_WAIT seconds and looks again.
+    """
     settings = get_settings()
     lock_seconds = max(settings.reconcile_every, 60) * 2
     cache = lookup_cache()
@@ -179,13 +238,31 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
         return {"status": "superseded"}
     cache.touch(RECONCILE_LOCK, timeout=lock_seconds)
     cursor = cursor or {"phase": "required"}
-    counts, following = Reconciler(enqueue=enqueue_generation).step(cursor)
+    if cursor["phase"] == "required":
+        waiting = bulk_waiting()
+        if waiting is None or waiting >= settings.bulk_max_queued:
+            # Unknown (the broker did not answer) counts as full: never flood blindly.
+            _continue(cursor, run, countdown=BACKPRESSURE_WAIT)
+            return {"phase": cursor["phase"], "status": "waiting", "queued": waiting}
+    counts, following = Reconciler(enqueue=enqueue_backfill).step(cursor)
     if following is None:
         cache.delete(RECONCILE_LOCK)
     else:
-        reconcile.apply_async(
-            kwargs={"cursor": following, "run": run},
-            queue=settings.queue,
-            expires=settings.reconcile_every,
-        )
+        _continue(following, run)
     return {"phase": cursor["phase"], **counts}
+
+
+def bulk_waiting() -> int | None:
+    """How many tasks wait on the bulk lane now (None: the broker did not answer)."""
+    lengths = broker.queue_lengths([get_settings().bulk_queue])
+    return None if lengths is None else sum(lengths.values())
+
+
+def _continue(cursor: dict[str, Any], run: str, countdown: int | None = None) -> None:
+    # No expiry: the chain's message may wait behind a full bulk lane for longer than a
+    # reconciliation period; a chain replaced meanwhile finds the lock changed and stops.
+    reconcile.apply_async(
+        kwargs={"cursor": cursor, "run": run},
+        queue=get_settings().bulk_queue,
+        countdown=countdown,
+    )

@@ -17,10 +17,12 @@ import pytest
 from celery import signals
 from django.db import transaction
 
-from rendition_worker.models import Rendition, Source, State, Tombstone
+from rendition_worker import tasks
+from rendition_worker.models import Intent, Rendition, Source, State, Tombstone
 from rendition_worker.services.generation import source_generate
 from tests.live_worker import (
     WorkerTracker,
+    flush_publisher,
     jpeg_bytes,
     media_files,
     upload,
@@ -440,11 +442,12 @@ def test_force_regenerates_a_rendition_file_deleted_by_hand(
     assert summary["renditions"] == 1
 
 
-def test_a_broker_outage_is_logged_and_never_breaks_the_save(
+def test_a_broker_outage_is_logged_never_breaks_the_save_and_the_relay_catches_up(
     worker: WorkerTracker, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.celery_app import app
 
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "RELAY_AFTER": 1}
     photo = Photo.objects.create(image=upload(jpeg_bytes(), "before-outage.jpg"))
     settled(photo, HERO_AND_THUMB)
     wait_idle(worker)
@@ -453,20 +456,37 @@ def test_a_broker_outage_is_logged_and_never_breaks_the_save(
     app.conf.broker_url = "redis://127.0.0.1:1/0"
     _drop_publishing_connections(app)
     try:
-        photo.image = upload(jpeg_bytes(color=(7, 7, 7)), "during-outage.jpg")
+        new_bytes = jpeg_bytes(color=(7, 7, 7))
+        photo.image = upload(new_bytes, "during-outage.jpg")
         photo.save()  # must not raise
+        flush_publisher()  # the background publish meets the outage
     finally:
         app.conf.broker_url = working
         _drop_publishing_connections(app)
     photo.refresh_from_db()
     assert photo.image.name.startswith("photos/during-outage")
-    logged = [record for record in caplog.records if "could not handle" in record.getMessage()]
+    logged = [record for record in caplog.records if "cannot publish" in record.getMessage()]
     assert logged, [record.getMessage() for record in caplog.records]
     message = logged[0].getMessage()
-    assert "testapp.Photo" in message and "image" in message and "during-outage" in message
-    # Durable meanwhile: the replaced original's tombstone was written with the save, and
-    # the next reconciliation (or any later task) renders the new file.
+    assert "testapp.photo" in message and "image" in message and "during-outage" in message
+    # Durable meanwhile: the work and the replaced original's tombstone were written with
+    # the save.
+    [intent] = Intent.objects.all()
+    assert (intent.model, intent.object_id, intent.name) == (
+        "testapp.photo",
+        str(photo.pk),
+        photo.image.name,
+    )
+    assert intent.retired_original
     assert Tombstone.objects.filter(name__startswith="photos/before-outage").exists()
+    # The broker is back: the beat's relay task publishes what waited past RELAY_AFTER.
+    time.sleep(1.1)
+    tasks.relay.apply_async(queue=settings.TEST_QUEUE)
+    rows = settled(photo, HERO_AND_THUMB)
+    assert {row.source_name for row in rows} == {photo.image.name}
+    wait_idle(worker)
+    assert not Intent.objects.exists()
+    assert not Tombstone.objects.filter(name__startswith="photos/before-outage").exists()
 
 
 def _drop_publishing_connections(app: Any) -> None:

@@ -294,7 +294,8 @@ class WorkerProcess:
         self.starts += 1
         self.log = self.directory / f"worker-{self.starts}.log"
         command = [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker"]
-        command += ["-Q", self.queue, "-c", str(self.concurrency), "-P", "prefork"]
+        lanes = f"{self.queue},{self.queue}.bulk"  # interactive first, as in production
+        command += ["-Q", lanes, "-c", str(self.concurrency), "-P", "prefork"]
         command += ["--prefetch-multiplier", "1", "--loglevel", "INFO"]
         command += ["-n", f"faults{self.starts}-{os.getpid()}@%h"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -412,11 +413,16 @@ class Stage:
                 "visibility_timeout": 20,
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,
+                "queue_order_strategy": "priority",
             },
             **(celery or {}),
         }
         self.overrides = {
-            "RENDITION_WORKER": {**rendition_worker, "QUEUE": self.queue},
+            "RENDITION_WORKER": {
+                **rendition_worker,
+                "QUEUE": self.queue,
+                "BULK_QUEUE": f"{self.queue}.bulk",
+            },
             **{f"CELERY_{key.upper()}": value for key, value in celery.items()},
             **(worker or {}),
         }
@@ -480,8 +486,9 @@ class Stage:
         return worker
 
     def queued(self) -> int:
-        """Messages waiting in the queue (not those a worker holds)."""
-        return int(self.redis.client(2).llen(self.queue))
+        """Messages waiting in both lanes (not those a worker holds)."""
+        client = self.redis.client(2)
+        return int(client.llen(self.queue)) + int(client.llen(f"{self.queue}.bulk"))
 
     def reconcile(self, *flags: str) -> dict[str, Any]:
         """`renditions reconcile --json` in the test process (it enqueues to the workers)."""

@@ -1,68 +1,68 @@
 """React to a change of a registered field: new, replaced, cleared or deleted row.
 
-The web request pays for two things only. Inside the transaction that changes the row, a
-tombstone for a replaced or deleted original (an INSERT in that transaction, so it commits
-or rolls back with the change, at no extra commit; whether the file is still referenced is
-decided when it falls due). After the commit, one task on the queue. The worker updates
-the state rows and retires stale renditions (`state.source_point_at`); lookups cannot serve
-stale renditions meanwhile, because their cache keys include the file name.
+The web request pays for one thing only: inside the transaction that changes the row, an
+INSERT of the work to do (an `Intent`, see `outbox`) and, for a replaced or deleted
+original, of its tombstone; they commit or roll back with the change. After the commit the
+message is handed to a background publisher: the request never waits on the broker. The
+worker updates the state rows and retires stale renditions (`state.source_point_at`);
+lookups cannot serve stale renditions meanwhile, because their cache keys include the
+file name.
 """
 
 from __future__ import annotations
 
 import logging
 
-from django.conf import settings as django_settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 
-from rendition_worker import registry, tasks
+from rendition_worker import registry
 from rendition_worker.conf import get_settings
 from rendition_worker.models import Tombstone
 from rendition_worker.registry import RegisteredField
+from rendition_worker.services import outbox
 from rendition_worker.services.tombstones import tombstones_add
 
 logger = logging.getLogger(__name__)
 
 
-def original_retire(entry: RegisteredField, old: str, new: str | None, *, using: str) -> bool:
-    """In the changing transaction: tombstone the original `old` if it is being replaced.
-
-    Runs in a savepoint, so that a failure is logged and never breaks the user's save.
-    """
-    if not old or old == new or not get_settings().delete_originals:
-        return False
-    try:
-        with transaction.atomic(using=using):
-            tombstones_add(registry.original_storage_ref(entry), [old], Tombstone.Kind.ORIGINAL)
-    except DatabaseError:
-        logger.exception(
-            "rendition-worker could not record %r of %s.%s for deletion; it stays in storage",
-            old,
-            entry.model._meta.label,
-            entry.name,
-        )
-        if django_settings.DEBUG:
-            raise
-        return False
-    return True
-
-
-def source_changed(
+def change_record(
     entry: RegisteredField,
     object_id: str,
+    old: str,
     new: str | None,
     *,
+    using: str,
     overwritten: bool = False,
-    retired_original: bool = False,
-) -> None:
-    """After the commit: hand the change of `entry` on row `object_id` to the worker.
+) -> outbox.Message:
+    """In the changing transaction: record the work a change of `entry` asks for.
 
-    `new` None or '' means the row was deleted or the field cleared. `overwritten`: a new
-    file was uploaded under the old name, so every rendition is stale.
+    `new` None or '' means the row was deleted or the field cleared; `overwritten`, that a
+    new file was uploaded under the old name. Returns the message to publish after commit.
+    A failure is logged and never breaks the user's save.
     """
-    if new:
-        tasks.enqueue_generate(
-            entry, object_id, new, overwritten=overwritten, retired_original=retired_original
-        )
-    else:
-        tasks.enqueue_forget(entry, object_id)
+    retire = bool(old) and old != new and get_settings().delete_originals
+    if retire:
+        try:
+            with outbox.savepoint(using):
+                tombstones_add(registry.original_storage_ref(entry), [old], Tombstone.Kind.ORIGINAL)
+        except DatabaseError:
+            logger.exception(
+                "rendition-worker could not record %r of %s.%s for deletion; it stays in storage",
+                old,
+                entry.model._meta.label,
+                entry.name,
+            )
+            retire = False
+    return outbox.intent_record(
+        entry,
+        object_id,
+        new,
+        using=using,
+        overwritten=overwritten,
+        retired_original=retire,
+    )
+
+
+def change_publish(message: outbox.Message) -> None:
+    """After the commit: hand the recorded work to the background publisher."""
+    outbox.publisher.submit(message)

@@ -1,14 +1,12 @@
-"""`manage.py renditions status|reconcile|generate|purge`: see and fix what exists."""
+"""`manage.py renditions status|metrics|reconcile|generate|purge`: see and fix what exists."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -17,6 +15,7 @@ from rendition_worker.conf import get_settings
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services.generation import source_generate
+from rendition_worker.services.metrics import metrics_snapshot, metrics_text
 from rendition_worker.services.reconcile import BATCH_SIZE, Reconciler
 
 # How many failed sources `status` lists by name.
@@ -33,6 +32,9 @@ class Command(BaseCommand):
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         status = actions.add_parser("status", help="counts of sources, renditions and failures")
         status.add_argument("--json", action="store_true", help="one JSON object")
+        actions.add_parser(
+            "metrics", help="backlog and render figures in the Prometheus text format"
+        )
         reconcile = actions.add_parser(
             "reconcile", help="generate what is missing, delete what is obsolete or orphaned"
         )
@@ -65,6 +67,7 @@ class Command(BaseCommand):
         get_settings().require_valid()
         handler = {
             "status": self._status,
+            "metrics": self._metrics,
             "reconcile": self._reconcile,
             "generate": self._generate,
             "purge": self._purge,
@@ -76,11 +79,14 @@ class Command(BaseCommand):
         hidden = options.get("json", False) or not sys.stderr.isatty()
         return tqdm(disable=hidden, file=sys.stderr, **kwargs)
 
+    def _metrics(self, options: dict[str, Any]) -> None:
+        self.stdout.write(metrics_text().decode(), ending="")
+
     def _status(self, options: dict[str, Any]) -> None:
-        by_state = Counter(dict(Source.objects.values_list("state").annotate(Count("pk"))))
+        snapshot = metrics_snapshot()
         now = timezone.now()
         report: dict[str, Any] = {
-            "sources": {state: by_state.get(state, 0) for state in State.values},
+            "sources": snapshot.sources,
             "renditions": Rendition.objects.filter(state=State.READY).count(),
             "tombstones": {
                 "due": Tombstone.objects.filter(delete_after__lte=now).count(),
@@ -98,6 +104,7 @@ class Command(BaseCommand):
                 .select_related("content_type")
                 .order_by("-updated_at")[:FAILED_SHOWN]
             ],
+            **snapshot.as_dict(),
         }
         if options["json"]:
             self.stdout.write(json.dumps(report))
@@ -109,6 +116,7 @@ class Command(BaseCommand):
             f"stale files waiting for deletion: {report['tombstones']['due']} due, "
             f"{report['tombstones']['waiting']} later"
         )
+        self.stdout.write(_backlog_line(snapshot.as_dict()))
         for failed in report["failed"]:
             self.stdout.write(
                 f"  failed {failed['model']} pk={failed['object_id']} {failed['field']} "
@@ -120,7 +128,7 @@ class Command(BaseCommand):
             dry_run=options["dry_run"],
             sync=options["sync"],
             retry_failed=options["retry_failed"],
-            enqueue=tasks.enqueue_generation,
+            enqueue=tasks.PacedBackfill(on_wait=self._waiting_for_room(options)),
         )
         with self._progress(options, unit=" items", desc="reconcile") as bar:
 
@@ -146,8 +154,25 @@ class Command(BaseCommand):
             f"in {report['elapsed_s']} s"
         )
 
+    def _waiting_for_room(self, options: dict[str, Any]) -> Any:
+        """Say once that the bulk lane is full and the command waits for the workers."""
+        said: list[bool] = []
+
+        def waiting(queued: int | None) -> None:
+            if not said:
+                count = "an unknown number of" if queued is None else str(queued)
+                self.stderr.write(
+                    f"{count} tasks wait on the bulk lane {get_settings().bulk_queue!r} "
+                    f"(BULK_MAX_QUEUED {get_settings().bulk_max_queued}); waiting for the "
+                    "workers to take some"
+                )
+                said.append(True)
+
+        return waiting
+
     def _generate(self, options: dict[str, Any]) -> None:
         entries = _fields(options["fields"])
+        enqueue = tasks.PacedBackfill(on_wait=self._waiting_for_room(options))
         queued = rendered = 0
         for entry in entries:
             rows = (
@@ -166,13 +191,15 @@ class Command(BaseCommand):
                         )
                         rendered += int(summary.get("renditions", 0))
                     else:
-                        tasks.enqueue_generate(entry, str(pk), name, force=options["force"])
+                        enqueue(entry, str(pk), name, options["force"])
                         queued += 1
                     bar.update(1)
         if options["sync"]:
             self.stdout.write(f"generated {rendered} renditions")
         else:
-            self.stdout.write(f"enqueued {queued} sources on queue {get_settings().queue!r}")
+            self.stdout.write(
+                f"enqueued {queued} sources on the bulk lane {get_settings().bulk_queue!r}"
+            )
 
     def _purge(self, options: dict[str, Any]) -> None:
         if options["all"]:
@@ -211,6 +238,19 @@ class Command(BaseCommand):
             Source.objects.all().delete()
         verb = "would delete" if dry_run else "deleted"
         self.stdout.write(f"{verb} {rows} rendition rows and {files} files")
+
+
+def _backlog_line(figures: dict[str, Any]) -> str:
+    lanes = ", ".join(
+        f"{name} {lane['queue']!r} {'?' if lane['waiting'] is None else lane['waiting']}"
+        for name, lane in figures["lanes"].items()
+    )
+    oldest = figures["oldest_pending_s"]
+    return (
+        f"waiting on the broker: {lanes}; outbox: {figures['outbox']['waiting']}; oldest "
+        f"pending: {'none' if oldest is None else f'{oldest:.0f} s'}; rendered in the last "
+        f"hour: {figures['renders_last_hour']} ({figures['failures_last_hour']} failed)"
+    )
 
 
 def _fields(keys: list[str]) -> list[RegisteredField]:
