@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from celery import Celery
+from celery.app import app_or_default
 from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core import checks
@@ -61,7 +63,28 @@ def check_settings(
             )
         )
     errors.extend(_check_aliases(settings.storage, settings.cache))
+    errors.extend(check_lane_order(app_or_default(None)))
     return errors
+
+
+def check_lane_order(app: Celery) -> list[checks.CheckMessage]:
+    """Warn when a Redis broker would make a worker on both lanes take them in turns."""
+    url = str(app.conf.broker_url or "")
+    if url.split("://", 1)[0] not in {"redis", "rediss", "sentinel"}:
+        return []
+    strategy = (app.conf.broker_transport_options or {}).get("queue_order_strategy")
+    if strategy == "priority":
+        return []
+    return [
+        checks.Warning(
+            f"the Celery app {app.main!r} uses Redis with queue_order_strategy "
+            f"{strategy or 'round_robin'!r}: a worker consuming both lanes takes them in turns, "
+            "so fresh uploads wait behind a backfill",
+            hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'queue_order_strategy': 'priority'} "
+            "and start workers with -Q <QUEUE>,<BULK_QUEUE> in that order.",
+            id="rendition_worker.W001",
+        )
+    ]
 
 
 def _check_aliases(storage: str | None, cache: str) -> list[checks.CheckMessage]:

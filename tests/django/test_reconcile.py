@@ -267,12 +267,17 @@ def test_beat_task_reconciles_through_the_worker(worker: WorkerTracker, settings
     assert steps.count("files") == 256 + 1
 
 
-def test_beat_schedule_entry() -> None:
-    [(name, entry)] = beat_schedule().items()
-    assert name == "rendition_worker.reconcile"
-    assert entry["task"] == "rendition_worker.reconcile"
-    assert entry["schedule"] == 3600.0
-    assert entry["options"]["expires"] == 3600
+def test_beat_schedule_entries(settings: Any) -> None:
+    schedule = beat_schedule()
+    assert list(schedule) == ["rendition_worker.reconcile", "rendition_worker.relay"]
+    reconcile, relay = schedule.values()
+    # Reconciliation is bulk work; the relay republishes what a person waits for.
+    assert reconcile["task"] == "rendition_worker.reconcile"
+    assert reconcile["schedule"] == 3600.0
+    assert reconcile["options"] == {"queue": settings.TEST_BULK_QUEUE, "expires": 3600}
+    assert relay["task"] == "rendition_worker.relay"
+    assert relay["schedule"] == 60.0
+    assert relay["options"] == {"queue": settings.TEST_QUEUE, "expires": 60}
 
 
 def test_status_generate_and_purge_commands(worker: WorkerTracker, settings: Any) -> None:

@@ -163,8 +163,23 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL: no shutdown, no save; queued and unacknowledged messages are gone."""
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a stopped process takes SIGKILL too, but say what we mean
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def hang(self) -> None:
+        """SIGSTOP: the port still accepts connections (the kernel's backlog), nothing answers.
+
+        What a client meets behind a dead NAT or a firewall that drops packets: connections
+        that hang, not refused.
+        """
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the server answers again, the commands sent meanwhile included."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")
@@ -280,9 +295,11 @@ def _children(pid: int) -> list[int]:
 class WorkerProcess:
     """`celery worker -P prefork -c 2` in its own process group, with a log file per start."""
 
-    def __init__(self, env: dict[str, str], queue: str, directory: Path, concurrency: int = 2):
+    def __init__(
+        self, env: dict[str, str], queues: list[str], directory: Path, concurrency: int = 2
+    ):
         self.env = env
-        self.queue = queue
+        self.queues = queues
         self.directory = directory
         self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None
@@ -294,8 +311,8 @@ class WorkerProcess:
         self.starts += 1
         self.log = self.directory / f"worker-{self.starts}.log"
         command = [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker"]
-        lanes = f"{self.queue},{self.queue}.bulk"  # interactive first, as in production
-        command += ["-Q", lanes, "-c", str(self.concurrency), "-P", "prefork"]
+        queues = ",".join(self.queues)
+        command += ["-Q", queues, "-c", str(self.concurrency), "-P", "prefork"]
         command += ["--prefetch-multiplier", "1", "--loglevel", "INFO"]
         command += ["-n", f"faults{self.starts}-{os.getpid()}@%h"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -421,7 +438,7 @@ class Stage:
             "RENDITION_WORKER": {
                 **rendition_worker,
                 "QUEUE": self.queue,
-                "BULK_QUEUE": f"{self.queue}.bulk",
+                "BULK_QUEUE": self.bulk_queue,
             },
             **{f"CELERY_{key.upper()}": value for key, value in celery.items()},
             **(worker or {}),
@@ -475,11 +492,20 @@ class Stage:
             "SVT_LOG": "1",  # SVT-AV1 prints a banner per encode otherwise
         }
 
-    def worker(self, *, start: bool = True) -> WorkerProcess:
-        """A worker process on this stage's queue, started unless told otherwise."""
+    @property
+    def bulk_queue(self) -> str:
+        """The bulk lane's queue of this stage."""
+        return f"{self.queue}.bulk"
+
+    def worker(
+        self, *, start: bool = True, queues: list[str] | None = None, concurrency: int = 2
+    ) -> WorkerProcess:
+        """A worker process on this stage's lanes (interactive first, as in production, unless
+        told otherwise), started unless told otherwise."""
         directory = self.directory / f"worker-{len(self.workers)}"
         directory.mkdir()
-        worker = WorkerProcess(self.env(), self.queue, directory)
+        lanes = queues or [self.queue, self.bulk_queue]
+        worker = WorkerProcess(self.env(), lanes, directory, concurrency)
         self.workers.append(worker)
         if start:
             worker.start()
@@ -488,7 +514,7 @@ class Stage:
     def queued(self) -> int:
         """Messages waiting in both lanes (not those a worker holds)."""
         client = self.redis.client(2)
-        return int(client.llen(self.queue)) + int(client.llen(f"{self.queue}.bulk"))
+        return int(client.llen(self.queue)) + int(client.llen(self.bulk_queue))
 
     def reconcile(self, *flags: str) -> dict[str, Any]:
         """`renditions reconcile --json` in the test process (it enqueues to the workers)."""

@@ -318,11 +318,11 @@ def test_app_services_run_one_image_configured_only_from_the_environment() -> No
     assert "$REDIS_PASSWORD" in " ".join(check_argv(redis["healthcheck"]["test"]))
 
 
-def test_worker_takes_the_renditions_queue_one_task_at_a_time_with_events() -> None:
+def test_worker_takes_both_lanes_interactive_first_one_task_at_a_time_with_events() -> None:
     services = load_compose(OPERATOR_ENV)["services"]
     worker = argv_of(services["worker"]["command"])
     assert worker[:4] == ["celery", "-A", "rendition_worker.demo.celery", "worker"]
-    assert option(worker, "-Q") == "renditions"
+    assert option(worker, "-Q") == "renditions,renditions.bulk"
     assert option(worker, "--prefetch-multiplier") == "1"
     assert "-E" in worker
     # No fixed name, port or container_name: `--scale worker=N` needs none.
@@ -666,7 +666,7 @@ def test_beat_writes_its_schedule_and_sends_an_overdue_reconciliation(stack: Sta
     with shelve.open(schedule, writeback=True) as shelf:
         entry = shelf["entries"]["rendition_worker.reconcile"]
         assert entry.task == "rendition_worker.reconcile"
-        assert entry.options["queue"] == "renditions"
+        assert entry.options["queue"] == "renditions.bulk"
         # As if beat had been down for two intervals: the entry is overdue on restart.
         entry.last_run_at -= 2 * timedelta(seconds=entry.schedule.seconds)
     stack.start("beat")

@@ -1,4 +1,4 @@
-"""The demo's Celery app: `celery -A rendition_worker.demo.celery worker -Q renditions`, `beat`.
+"""The demo's Celery app, for `celery -A rendition_worker.demo.celery worker` and `beat`.
 
 Configured the way DESIGN.md tells users to configure theirs: from Django's settings under
 the CELERY_ namespace, tasks autodiscovered, and rendition-worker's beat entry merged in.

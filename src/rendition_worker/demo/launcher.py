@@ -238,7 +238,9 @@ def _run(options: DemoOptions, supervisor: Supervisor) -> int:
     call_command("migrate", interactive=False, verbosity=0)
     supervisor.check()
     password = _ensure_admin(home)
-    queue = get_settings().queue
+    settings = get_settings()
+    # Both lanes, interactive first: a fresh upload never waits behind a backfill.
+    lanes = f"{settings.queue},{settings.bulk_queue}"
     python = sys.executable
     web = ["runserver", "--noreload", "--skip-checks", f"{_url_host(options.host)}:{options.port}"]
     if ":" in options.host:
@@ -246,7 +248,7 @@ def _run(options: DemoOptions, supervisor: Supervisor) -> int:
     commands = {
         "web": [python, "-m", "django", *web],
         "worker": [
-            python, "-m", "celery", "-A", CELERY_APP, "worker", "--queues", queue,
+            python, "-m", "celery", "-A", CELERY_APP, "worker", "--queues", lanes,
             "--pool", "prefork", "--concurrency", str(options.workers), "--loglevel", "INFO",
             # One worker on one folder: nobody to synchronise with at start or to gossip to.
             "--without-mingle", "--without-gossip",
@@ -259,7 +261,7 @@ def _run(options: DemoOptions, supervisor: Supervisor) -> int:
     _wait_until_serving(url, supervisor)
     # Catch up with whatever an interrupted earlier run left pending now, not at beat's
     # first tick an hour from now.
-    tasks.reconcile.apply_async(queue=queue)
+    tasks.reconcile.apply_async(queue=settings.bulk_queue)
     say(f"admin: {url}admin/ user {ADMIN_USER}, " + _password_line(home, password))
     if options.images is not None:
         _import(options.images, supervisor)

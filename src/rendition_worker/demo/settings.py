@@ -136,6 +136,7 @@ if env.value("AWS_STORAGE_BUCKET_NAME"):
     }
 
 _queue = env.value("RENDITION_WORKER_QUEUE", "renditions")
+_bulk_queue = env.value("RENDITION_WORKER_BULK_QUEUE", "renditions.bulk")
 RENDITION_WORKER = {
     "SETS": {
         # The gallery's and the detail page's <picture>: widths for phones to large screens.
@@ -145,6 +146,7 @@ RENDITION_WORKER = {
     },
     "FIELDS": {"demo.Photo.image": ["hero", "thumb"]},
     "QUEUE": _queue,
+    "BULK_QUEUE": _bulk_queue,
 }
 
 CELERY_BROKER_URL = env.value("CELERY_BROKER_URL", "filesystem://")
@@ -171,6 +173,9 @@ if CELERY_BROKER_URL.startswith("filesystem:"):
         # second to every task's start.
         "polling_interval": 0.1,
     }
+else:
+    # Redis: a worker given both lanes BRPOPs them in that order, interactive work first.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"queue_order_strategy": "priority"}
 CELERY_RESULT_BACKEND = env.value("CELERY_RESULT_BACKEND") or None
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.app import app_or_default
 from kombu import Connection
+from kombu.exceptions import KombuError
 
 from rendition_worker.conf import RenditionSettings, get_settings
 
@@ -59,7 +60,7 @@ def broker_errors(connection: Connection) -> tuple[type[BaseException], ...]:
     """The exceptions that mean the broker is down, unreachable or refused the operation."""
     return (
         OSError,
-        TimeoutError,
+        KombuError,  # what kombu re-raises transport errors as (OperationalError)
         *connection.connection_errors,
         *connection.channel_errors,
     )
