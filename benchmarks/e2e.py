@@ -31,24 +31,18 @@ import argparse
 import multiprocessing
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from support import create_postgres_database, drop_postgres_database
+from support import PROCESSES, service_environment, worker_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "corpus" / "photos"
-REDIS = "redis://127.0.0.1:6379"
 TARGET = 0.90
-PROCESSES = 2
 
 
 def _direct_init() -> None:
@@ -113,87 +107,6 @@ def _write_tiny_jpeg(path: Path) -> None:
     Image.new("RGB", (64, 48), (120, 30, 200)).save(path, "JPEG")
 
 
-@contextmanager
-def service_environment(work: Path) -> Iterator[dict[str, str]]:
-    """The demo's environment on a throwaway database and a private Redis queue."""
-    run = uuid.uuid4().hex[:10]
-    database = f"rw_bench_e2e_{run}"
-    queue = f"renditions-bench-{run}"
-    create_postgres_database(database)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "rendition_worker.demo.settings",
-        "RENDITION_WORKER_DEMO_HOME": str(work / "home"),
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "CELERY_BROKER_URL": f"{REDIS}/4",
-        "CACHE_URL": f"{REDIS}/5",
-        "MEDIA_ROOT": str(work / "media"),
-        "DJANGO_SECRET_KEY": "benchmark-only",
-        "RENDITION_WORKER_QUEUE": queue,
-    }
-    try:
-        yield env
-    finally:
-        import redis
-
-        with suppress(redis.RedisError):
-            redis.Redis.from_url(f"{REDIS}/4").delete(queue)
-        drop_postgres_database(database)
-
-
-@contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A prefork Celery worker of 2 processes, as compose runs it, until it answers a ping."""
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "rendition_worker.demo.celery",
-        "worker",
-        "-Q",
-        env["RENDITION_WORKER_QUEUE"],
-        "--concurrency",
-        str(PROCESSES),
-        "--prefetch-multiplier",
-        "1",
-        "-P",
-        "prefork",
-        "--loglevel",
-        "WARNING",
-        "-n",
-        f"bench-{uuid.uuid4().hex[:6]}@%h",
-    ]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        _wait_for_ping(env, process)
-        yield process
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_for_ping(env: dict[str, str], process: subprocess.Popen[bytes]) -> None:
-    from rendition_worker.demo.celery import app
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the worker exited with {process.returncode} before it was ready")
-        replies = app.control.inspect(timeout=1.0).ping() or {}
-        if replies:
-            return
-    raise SystemExit("the worker did not answer a ping within 60 s")
-
-
 def run_service(photos: list[Path], expected: int) -> float:
     """Wall seconds from the first ORM save to every rendition of every photo ready."""
     from django.core.files import File
@@ -245,7 +158,7 @@ def main() -> None:
             specs = [str(spec) for spec in settings.specs_for("demo.Photo.image")]
             direct_times: list[float] = []
             service_times: list[float] = []
-            with worker_process(env, work / "worker.log"):
+            with worker_process(env, work / "worker.log", [env["RENDITION_WORKER_QUEUE"]]):
                 for round_ in range(args.repeat):
                     sides = ["direct", "service"] if round_ % 2 == 0 else ["service", "direct"]
                     for side in sides:

@@ -1,10 +1,21 @@
-"""What the benchmarks share: memory readings and throwaway PostgreSQL databases."""
+"""What the benchmarks share: memory readings, throwaway databases, the demo's worker."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+REDIS = "redis://127.0.0.1:6379"
+# Worker processes: the machines have 2 cores.
+PROCESSES = 2
 
 # The local server the benchmarks create their own databases on (trust auth).
 PG_ADMIN: dict[str, Any] = {
@@ -52,3 +63,87 @@ def drop_postgres_database(name: str) -> None:
 
     with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@contextmanager
+def service_environment(work: Path, name: str = "e2e") -> Iterator[dict[str, str]]:
+    """The demo's environment on a throwaway database and private Redis queues (both lanes)."""
+    run = uuid.uuid4().hex[:10]
+    database = f"rw_bench_{name}_{run}"
+    queue = f"renditions-bench-{run}"
+    create_postgres_database(database)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "rendition_worker.demo.settings",
+        "RENDITION_WORKER_DEMO_HOME": str(work / "home"),
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "CELERY_BROKER_URL": f"{REDIS}/4",
+        "CACHE_URL": f"{REDIS}/5",
+        "MEDIA_ROOT": str(work / "media"),
+        "DJANGO_SECRET_KEY": "benchmark-only",
+        "RENDITION_WORKER_QUEUE": queue,
+        "RENDITION_WORKER_BULK_QUEUE": f"{queue}.bulk",
+    }
+    try:
+        yield env
+    finally:
+        import redis
+
+        with suppress(redis.RedisError):
+            redis.Redis.from_url(f"{REDIS}/4").delete(queue, f"{queue}.bulk")
+        drop_postgres_database(database)
+
+
+@contextmanager
+def worker_process(
+    env: dict[str, str], log: Path, queues: list[str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A prefork Celery worker of 2 processes on `queues`, as compose runs it, once it answers."""
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "rendition_worker.demo.celery",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--concurrency",
+        str(PROCESSES),
+        "--prefetch-multiplier",
+        "1",
+        "-P",
+        "prefork",
+        "--loglevel",
+        "WARNING",
+        "-n",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_ping(env, process)
+        yield process
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for_ping(env: dict[str, str], process: subprocess.Popen[bytes]) -> None:
+    from rendition_worker.demo.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the worker exited with {process.returncode} before it was ready")
+        replies = app.control.inspect(timeout=1.0).ping() or {}
+        if replies:
+            return
+    raise SystemExit("the worker did not answer a ping within 60 s")
