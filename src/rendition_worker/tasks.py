@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError
 
 from rendition_worker.cache import lookup_cache
 from rendition_worker.conf import get_settings
@@ -72,7 +73,7 @@ def generate(
     intent: int | None = None,
 ) -> dict[str, Any]:
     """Generate every required rendition of one source version; returns a small summary."""
-    if not outbox.intent_pending(intent):
+    if not _intent_pending(intent):
         # The relay published this intent again while a worker was already on it, and that
         # worker has finished: a duplicate, with nothing left to do.
         return {"status": "duplicate"}
@@ -98,14 +99,14 @@ def generate(
         # source, so that it waits for a new file or --retry-failed.
         error = f"rendering took longer than the {soft_limit:g} s time limit"
         source_fail(model, object_id, field, name, error)
-        outbox.intent_done(intent)
+        _intent_done(intent)
         return {"status": "failed", "error": error}
     if summary.get("retired"):
         enqueue_delete()
     # "claimed": another worker renders this version now and will finish the intent, or
     # its claim lapses and the relay publishes the intent again.
     if summary.get("status") != "claimed":
-        outbox.intent_done(intent)
+        _intent_done(intent)
     return summary
 
 
@@ -124,10 +125,10 @@ def delete(
     """Retire a deleted or cleared source (when named), then delete the due stale files."""
     summary: dict[str, Any] = {}
     if model is not None and object_id is not None and field is not None:
-        if not outbox.intent_pending(intent):
+        if not _intent_pending(intent):
             return {"status": "duplicate"}
         summary = source_forget(model, object_id, field)
-        outbox.intent_done(intent)
+        _intent_done(intent)
         if get_settings().delete_delay:
             enqueue_delete()  # its files are due only after DELETE_DELAY
             return summary
@@ -135,6 +136,22 @@ def delete(
     if summary["more"]:
         enqueue_delete(countdown=0)
     return summary
+
+
+def _intent_pending(intent: int | None) -> bool:
+    # A database error here is as transient as one inside the service: retried the same way.
+    try:
+        return outbox.intent_pending(intent)
+    except DatabaseError as exc:
+        raise TransientError(f"database error reading intent {intent}: {exc}") from exc
+
+
+def _intent_done(intent: int | None) -> None:
+    try:
+        outbox.intent_done(intent)
+    except DatabaseError as exc:
+        # The work is done; the retry finds it done and tries this again.
+        raise TransientError(f"database error finishing intent {intent}: {exc}") from exc
 
 
 def enqueue_generate(

@@ -129,7 +129,8 @@ def test_a_deployment_configures_it_from_the_environment(tmp_path: Path) -> None
     assert database["CONN_HEALTH_CHECKS"] is True
     assert values["BROKER_URL"] == "redis://:pw@broker.internal:6379/0"
     assert values["BROKER_TRANSPORT"] is None
-    assert values["BROKER_OPTIONS"] is None
+    # On Redis a worker given both lanes takes the interactive one first.
+    assert values["BROKER_OPTIONS"] == {"queue_order_strategy": "priority"}
     assert values["CACHE"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
     assert values["CACHE"]["LOCATION"] == "redis://:pw@cache.internal:6379/1"
     assert values["SECRET_KEY"] == "from-the-environment"
