@@ -1,0 +1,246 @@
+"""Focal points and placeholders (DESIGN.md "Crops, placeholders, APIs and Jinja2").
+
+Through the ORM and the public API, with the real session worker: a focal point renames
+and re-renders the crops only and retires the old crop files; replacing the image clears
+it; the worker records the placeholder before it writes any rendition. Bad input is
+refused with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.storage import FileSystemStorage
+from PIL import Image
+
+import rendition_worker
+from rendition_worker.core.focal import InvalidFocalPoint
+from rendition_worker.models import Rendition, Source, State, Tombstone
+from tests.live_worker import (
+    WorkerTracker,
+    digest,
+    media_files,
+    ready_version,
+    upload,
+    wait_for,
+    wait_idle,
+)
+from tests.testapp.models import Photo, Plain
+
+THUMB = "fill-64x64|format-webp"  # the only cropping spec of testapp.Photo.image
+HERO_AND_THUMB = 7
+BACKGROUND = (60, 60, 60)
+MARK = (230, 20, 20)
+
+
+def marked_jpeg(
+    size: tuple[int, int] = (600, 200),
+    mark: tuple[int, int, int, int] = (490, 60, 570, 140),
+    orientation: int = 1,
+) -> bytes:
+    """A flat grey JPEG with a red square at `mark` (stored pixels), EXIF `orientation`."""
+    image = Image.new("RGB", size, BACKGROUND)
+    image.paste(MARK, mark)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def red_share(data: bytes) -> float:
+    """The share of clearly red pixels in an encoded image."""
+    with Image.open(io.BytesIO(data)) as opened:
+        rgb = opened.convert("RGB")
+    pixels = rgb.tobytes()
+    red = sum(
+        1
+        for i in range(0, len(pixels), 3)
+        if pixels[i] > 150 and pixels[i + 1] < 90 and pixels[i + 2] < 90
+    )
+    return red / (rgb.width * rgb.height)
+
+
+def crop_bytes(root: str, rows: list[Rendition]) -> bytes:
+    (thumb,) = [row for row in rows if row.spec == THUMB]
+    return (Path(root) / thumb.name).read_bytes()
+
+
+def names(rows: list[Rendition]) -> dict[str, str]:
+    return {f"{row.spec} {row.format}": row.name for row in rows}
+
+
+def renamed_crop(photo: Photo, old: str) -> list[Rendition]:
+    """Wait until the crop of `photo` is ready under another name than `old`."""
+
+    def done() -> list[Rendition] | None:
+        source = Source.objects.get(object_id=str(photo.pk), field="image")
+        rows = list(Rendition.objects.filter(source=source, state=State.READY))
+        (thumb,) = [row for row in rows if row.spec == THUMB] or [None]
+        moved = thumb is not None and thumb.name != old
+        return rows if moved and source.state == State.READY else None
+
+    rows: list[Rendition] = wait_for(done, what="the crop under its new name")
+    return rows
+
+
+def test_a_focal_point_re_renders_only_the_crops_and_retires_the_old_ones(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    first = ready_version(photo, data, HERO_AND_THUMB)
+    wait_idle(worker)
+    before = names(first)
+    old_crop = before[f"{THUMB} webp"]
+    # FOCAL_POINT "auto" found the red mark at the right end, which a centred crop misses.
+    assert red_share(crop_bytes(settings.MEDIA_ROOT, first)) > 0.1
+
+    assert rendition_worker.set_focal_point(photo.image, (0.05, 0.25, 0.2 * 2 / 3, 0.5))
+    after_rows = renamed_crop(photo, old_crop)
+    wait_idle(worker)
+    after = names(after_rows)
+    # Uncropped renditions keep their names (and files); the crop has a new one.
+    assert {k: v for k, v in after.items() if THUMB not in k} == {
+        k: v for k, v in before.items() if THUMB not in k
+    }
+    files = media_files(settings.MEDIA_ROOT, "renditions/")
+    assert set(after.values()) == files  # the old crop was retired (DELETE_DELAY 0)
+    assert old_crop not in files
+    # The crop is on the box a person set, at the left end, away from the mark.
+    assert red_share(crop_bytes(settings.MEDIA_ROOT, after_rows)) == 0
+    source = Source.objects.get(object_id=str(photo.pk))
+    assert source.focal_point == [0.05, 0.25, 0.1333, 0.5]
+
+    # The same box again changes nothing and queues nothing.
+    assert not rendition_worker.set_focal_point(photo.image, (0.05, 0.25, 0.1333, 0.5))
+
+    # Cleared: the crop goes back to the automatic placement, and so to its first name.
+    assert rendition_worker.set_focal_point(photo.image, None)
+    cleared = renamed_crop(photo, after[f"{THUMB} webp"])
+    assert names(cleared) == before
+
+
+def test_a_focal_point_is_kept_as_a_tombstone_for_delete_delay(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "DELETE_DELAY": 3600}
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    old_crop = names(ready_version(photo, data, HERO_AND_THUMB))[f"{THUMB} webp"]
+    rendition_worker.set_focal_point(photo.image, (0.0, 0.0, 0.5, 1.0))
+    renamed_crop(photo, old_crop)
+    wait_idle(worker)
+    # A page cached by a CDN may still show the old crop: it stays until DELETE_DELAY.
+    assert old_crop in media_files(settings.MEDIA_ROOT, "renditions/")
+    assert list(Tombstone.objects.values_list("name", flat=True)) == [old_crop]
+
+
+def test_replacing_the_image_clears_its_focal_point(worker: WorkerTracker) -> None:
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    ready_version(photo, data, HERO_AND_THUMB)
+    rendition_worker.set_focal_point(photo.image, (0.1, 0.1, 0.2, 0.2))
+    wait_idle(worker)
+
+    replacement = marked_jpeg(mark=(20, 20, 80, 80))
+    photo.image = upload(replacement, "second.jpg")
+    photo.save()
+    ready_version(photo, replacement, HERO_AND_THUMB)
+    assert Source.objects.get(object_id=str(photo.pk)).focal_point is None
+
+
+def test_a_focal_point_before_the_worker_took_the_file_up_is_kept(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    # Set at once after the upload: the state row may not exist yet.
+    rendition_worker.set_focal_point(photo.image, (0.05, 0.3, 0.15, 0.4))
+    rows = ready_version(photo, data, HERO_AND_THUMB)
+    wait_idle(worker)
+    source = Source.objects.get(object_id=str(photo.pk))
+    assert source.focal_point == [0.05, 0.3, 0.15, 0.4]
+    assert source.state == State.READY
+    # Placed on the box, not on the red mark the automatic subject would have chosen.
+    assert red_share(crop_bytes(settings.MEDIA_ROOT, rows)) == 0
+
+
+class PlaceholderWitness(FileSystemStorage):
+    """Notes, at every rendition it saves, whether the source's placeholder was recorded."""
+
+    seen: list[bool] = []
+
+    def _save(self, name: str, content: Any) -> str:
+        if name.startswith("renditions/"):
+            source = Source.objects.filter(field="image").first()
+            PlaceholderWitness.seen.append(bool(source and source.placeholder_uri))
+        return super()._save(name, content)
+
+
+@pytest.fixture
+def witness_storage(settings: Any) -> Iterator[type[PlaceholderWitness]]:
+    PlaceholderWitness.seen = []
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": f"{__name__}.PlaceholderWitness"},
+    }
+    yield PlaceholderWitness
+
+
+def test_the_placeholder_is_recorded_before_the_first_rendition(
+    worker: WorkerTracker, witness_storage: type[PlaceholderWitness]
+) -> None:
+    # Stored 300x200 with EXIF orientation 6: upright it is 200x300.
+    data = marked_jpeg((300, 200), (0, 0, 300, 200), orientation=6)
+    photo = Photo.objects.create(image=upload(data))
+    assert rendition_worker.get_placeholder(photo.image) is None  # not taken up yet
+    ready_version(photo, data, HERO_AND_THUMB)
+    assert witness_storage.seen and all(witness_storage.seen)
+
+    placeholder = rendition_worker.get_placeholder(Photo.objects.get(pk=photo.pk).image)
+    assert placeholder is not None
+    assert (placeholder.width, placeholder.height) == (200, 300)
+    red, green, blue = (int(placeholder.color[i : i + 2], 16) for i in (1, 3, 5))
+    assert red > 180 and green < 70 and blue < 70, placeholder.color
+    assert placeholder.data_uri.startswith("data:image/webp;base64,")
+    assert len(placeholder.data_uri) < 1500
+    assert Source.objects.get(object_id=str(photo.pk)).digest == digest(data)
+
+
+@pytest.mark.django_db
+def test_bad_focal_points_are_refused_with_what_is_wrong() -> None:
+    photo = Photo.objects.create(image="photos/a.jpg")
+    for box, error, message in [
+        ((0.5, 0.5, 0.6, 0.2), InvalidFocalPoint, "reaches outside the image"),
+        ((-0.1, 0.0, 0.5, 0.5), InvalidFocalPoint, "reaches outside the image"),
+        ((0.1, 0.1, 0.0, 0.5), InvalidFocalPoint, "zero size"),
+        ((0.1, 0.1, 0.5, float("nan")), InvalidFocalPoint, "not a finite number"),
+        ((0.1, 0.1, 0.5), TypeError, r"\(x, y, width, height\)"),
+        ("0.1,0.1,0.5,0.5", TypeError, r"\(x, y, width, height\)"),
+        ((0.1, 0.1, True, 0.5), TypeError, "True is not a number"),
+    ]:
+        with pytest.raises(error, match=message):
+            rendition_worker.set_focal_point(photo.image, box)  # type: ignore[arg-type]
+    assert issubclass(InvalidFocalPoint, ValueError)
+
+    empty = Photo.objects.create()
+    with pytest.raises(ValueError, match="is empty: there is no image"):
+        rendition_worker.set_focal_point(empty.image, (0.1, 0.1, 0.5, 0.5))
+    plain = Plain.objects.create(image="plain/a.jpg")
+    with pytest.raises(ValueError, match=r"Plain\.image is not a registered field"):
+        rendition_worker.set_focal_point(plain.image, (0.1, 0.1, 0.5, 0.5))
+    with pytest.raises(TypeError, match="expected a FieldFile"):
+        rendition_worker.set_focal_point("photos/a.jpg", (0.1, 0.1, 0.5, 0.5))  # type: ignore[arg-type]
+    unsaved = Photo(image="photos/b.jpg")
+    with pytest.raises(ValueError, match="save the row"):
+        rendition_worker.set_focal_point(unsaved.image, (0.1, 0.1, 0.5, 0.5))
+    Photo.objects.filter(pk=photo.pk).update(image="photos/other.jpg")
+    with pytest.raises(ValueError, match=r"holds .photos/other\.jpg. in the database"):
+        rendition_worker.set_focal_point(photo.image, (0.1, 0.1, 0.5, 0.5))
+    assert not Source.objects.exists()
