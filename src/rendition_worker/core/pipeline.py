@@ -256,8 +256,12 @@ def render(
 def _small_copy(pixels: Image.Image, orientation: int) -> Image.Image:
     """An upright sRGB copy of about SMALL_SIDE px, for the subject and the placeholder."""
     factor = max(1, max(pixels.size) // SMALL_SIDE)
-    small = pixels.reduce(factor) if factor > 1 else pixels.copy()
-    small = to_srgb(small, pixels.info.get("icc_profile"))
+    small = pixels.reduce(factor) if factor > 1 else pixels
+    if max(small.size) > SMALL_SIDE:  # reduce() goes by whole factors: finish the way down
+        scale = SMALL_SIDE / max(small.size)
+        size = (max(1, round(small.width * scale)), max(1, round(small.height * scale)))
+        small = small.resize(size, Image.Resampling.BOX)
+    small = to_srgb(small if small is not pixels else pixels.copy(), pixels.info.get("icc_profile"))
     if orientation in _TRANSPOSE:
         small = small.transpose(_TRANSPOSE[orientation])
     return small
