@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,7 @@ def test_the_placeholder_is_recorded_before_the_first_rendition(
 
 @pytest.mark.django_db
 def test_bad_focal_points_are_refused_with_what_is_wrong() -> None:
-    photo = Photo.objects.create(image="photos/a.jpg")
+    photo = Photo.objects.create(title="a", image="photos/a.jpg")
     for box, error, message in [
         ((0.5, 0.5, 0.6, 0.2), InvalidFocalPoint, "reaches outside the image"),
         ((-0.1, 0.0, 0.5, 0.5), InvalidFocalPoint, "reaches outside the image"),
@@ -244,3 +245,101 @@ def test_bad_focal_points_are_refused_with_what_is_wrong() -> None:
     with pytest.raises(ValueError, match=r"holds .photos/other\.jpg. in the database"):
         rendition_worker.set_focal_point(photo.image, (0.1, 0.1, 0.5, 0.5))
     assert not Source.objects.exists()
+
+
+# The admin's focal point widget (RenditionAdminMixin)
+
+
+def change_url(photo: Photo) -> str:
+    from django.urls import reverse
+
+    return reverse("admin:testapp_photo_change", args=[photo.pk])
+
+
+class FormInputs(HTMLParser):
+    """The named inputs of a page and their values (text, hidden), as the browser posts them."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        kind = found.get("type", "text")
+        if tag == "input" and found.get("name") and kind in {"text", "hidden", "number"}:
+            self.values[str(found["name"])] = found.get("value") or ""
+
+
+def form_data(client: Any, photo: Photo, **extra: Any) -> dict[str, Any]:
+    """The change form's POST of `photo` as the page stands (inline management forms
+    included), plus `extra`."""
+    page = client.get(change_url(photo)).content.decode()
+    return {**FormInputs(page).values, **extra}
+
+
+@pytest.mark.django_db
+def test_the_change_page_shows_the_widget_with_the_recorded_box(admin_client: Any) -> None:
+    photo = Photo.objects.create(title="a", image="photos/a.jpg")
+    assert rendition_worker.set_focal_point(photo.image, (0.1, 0.2, 0.3, 0.4))
+
+    page = admin_client.get(change_url(photo)).content.decode()
+    assert 'name="image_focal_point" value="0.1000,0.2000,0.3000,0.4000"' in page
+    assert "left:10.00%;top:20.00%;width:30.00%;height:40.00%" in page
+    assert f'src="{photo.image.url}"' in page  # no rendition is ready: the original
+    assert "rendition_worker/focal-point.js" in page
+    # The empty cover field has no image to aim at, so no widget.
+    assert 'name="cover_focal_point"' not in page
+    # The add page has no image yet.
+    add = admin_client.get(change_url(photo).replace(f"{photo.pk}/change/", "add/"))
+    assert 'name="image_focal_point"' not in add.content.decode()
+
+
+@pytest.mark.django_db
+def test_saving_the_change_form_sets_or_clears_the_focal_point(admin_client: Any) -> None:
+    photo = Photo.objects.create(title="a", image="photos/a.jpg")
+    url = change_url(photo)
+
+    response = admin_client.post(
+        url, form_data(admin_client, photo, image_focal_point="0.5,0.5,0.25,0.25")
+    )
+    assert response.status_code == 302
+    source = Source.objects.get(object_id=str(photo.pk), field="image")
+    assert source.focal_point == [0.5, 0.5, 0.25, 0.25]
+    assert source.state == State.PENDING
+
+    response = admin_client.post(url, form_data(admin_client, photo, image_focal_point=""))
+    assert response.status_code == 302
+    assert Source.objects.get(pk=source.pk).focal_point is None
+
+
+@pytest.mark.django_db
+def test_a_bad_focal_point_in_the_form_is_an_error_on_the_page(admin_client: Any) -> None:
+    photo = Photo.objects.create(title="a", image="photos/a.jpg")
+    response = admin_client.post(
+        change_url(photo), form_data(admin_client, photo, image_focal_point="0.9,0.5,0.5,0.5")
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "reaches outside the image" in errors["image_focal_point"][0]
+    response = admin_client.post(
+        change_url(photo), form_data(admin_client, photo, image_focal_point="left")
+    )
+    assert "Not a focal point" in response.context["adminform"].form.errors["image_focal_point"][0]
+    assert not Source.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_focal_point_sent_with_a_new_image_is_dropped(admin_client: Any) -> None:
+    photo = Photo.objects.create(title="a", image="photos/a.jpg")
+    new = marked_jpeg()
+    response = admin_client.post(
+        change_url(photo),
+        form_data(admin_client, photo, image_focal_point="0.5,0.5,0.25,0.25")
+        | {"image": upload(new, "b.jpg")},
+    )
+    assert response.status_code == 302
+    photo.refresh_from_db()
+    assert photo.image.name != "photos/a.jpg"
+    # It was drawn on the old picture; the new one starts without one.
+    assert not Source.objects.filter(focal_point__isnull=False).exists()
