@@ -129,15 +129,17 @@ def test_a_flat_picture_has_the_whole_picture_as_its_subject() -> None:
     assert rendering.analysis.subject == FocalBox(0.0, 0.0, 1.0, 1.0)
 
 
-def test_the_estimate_is_made_once_and_only_when_crops_need_it() -> None:
+def test_the_estimate_is_made_once_per_version_in_auto_mode_only() -> None:
     data = detailed_scene((1200, 400), (20, 50, 320, 350))
     known = FocalBox(0.5, 0.5, 0.1, 0.1)
     with io.BytesIO(data) as fp:
         again = render(fp, AUTO_SPECS, focus=Focus(mode=FocalMode.AUTO, subject=known))
     assert again.analysis.subject == known  # stored before: not estimated again
+    # Estimated without crops too: a crop set added later, or a box cleared, finds it.
     with io.BytesIO(data) as fp:
         uncropped = render(fp, [parse_spec("width-100")], focus=Focus(mode=FocalMode.AUTO))
-    assert uncropped.analysis.subject is None
+    assert uncropped.analysis.subject is not None
+    assert uncropped.analysis.subject.x < 0.1
     with io.BytesIO(data) as fp:
         centred = render(fp, AUTO_SPECS, focus=Focus(mode=FocalMode.CENTRE))
     assert centred.analysis.subject is None and centred.analysis.focus is None
@@ -145,3 +147,4 @@ def test_the_estimate_is_made_once_and_only_when_crops_need_it() -> None:
     with io.BytesIO(data) as fp:
         chosen = render(fp, AUTO_SPECS, focus=Focus(box=box, mode=FocalMode.AUTO))
     assert chosen.analysis.focus == box and chosen.analysis.zoom
+    assert chosen.analysis.subject is not None  # kept for when the box is cleared

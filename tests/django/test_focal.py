@@ -343,3 +343,41 @@ def test_a_focal_point_sent_with_a_new_image_is_dropped(admin_client: Any) -> No
     assert photo.image.name != "photos/a.jpg"
     # It was drawn on the old picture; the new one starts without one.
     assert not Source.objects.filter(focal_point__isnull=False).exists()
+
+
+# Reconciliation names crops as the worker does
+
+
+def test_reconciliation_agrees_with_the_worker_and_follows_focal_point_mode(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    from tests.django.test_reconcile import reconcile, zero_work
+
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    first = names(ready_version(photo, data, HERO_AND_THUMB))
+    rendition_worker.set_focal_point(photo.image, (0.05, 0.25, 0.1, 0.5))
+    boxed = names(renamed_crop(photo, first[f"{THUMB} webp"]))
+    wait_idle(worker)
+    # A box set, crops renamed by the worker: the reconciler finds nothing to do.
+    assert zero_work(reconcile("--dry-run"))
+
+    # Another mode renames only the crops of sources without a box.
+    other = Photo.objects.create(image=upload(marked_jpeg(mark=(20, 60, 100, 140)), "o.jpg"))
+    auto = names(ready_version(other, other_bytes(other), HERO_AND_THUMB))
+    wait_idle(worker)
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "FOCAL_POINT": "centre"}
+    report = reconcile("--dry-run")
+    assert (report["missing"], report["enqueued"]) == (1, 0)  # the crop of `other` only
+    report = reconcile("--sync")
+    assert report["generated"] == 1
+    centred = names(Rendition.objects.filter(source__object_id=str(other.pk)))
+    assert {k: v for k, v in centred.items() if v != auto[k]} == {
+        f"{THUMB} webp": centred[f"{THUMB} webp"]
+    }
+    assert names(Rendition.objects.filter(source__object_id=str(photo.pk))) == boxed
+    assert zero_work(reconcile("--dry-run"))
+
+
+def other_bytes(photo: Photo) -> bytes:
+    return Path(photo.image.path).read_bytes()

@@ -7,7 +7,6 @@ known), from a copy of about 256 px that the pipeline makes from the decoded pix
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from PIL import Image
@@ -36,10 +35,10 @@ class Focus:
         """What crops placed this way are named by (see `naming.spec_fingerprint`)."""
         return placement_key(self.box, self.mode, SUBJECT_VERSION)
 
-    def needs_small_copy(self, crops: bool) -> bool:
+    def needs_small_copy(self) -> bool:
         """Whether anything must be computed from the pixels."""
-        wants_subject = crops and self.box is None and self.mode == FocalMode.AUTO
-        return self.placeholder is None or (wants_subject and self.subject is None)
+        wants_subject = self.mode == FocalMode.AUTO and self.subject is None
+        return self.placeholder is None or wants_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,26 +49,25 @@ class Analysis:
     placeholder: Placeholder | None
     focus: FocalBox | None  # what crops are placed around: the box, the subject, or none
     zoom: bool  # whether `-cN` may zoom in on `focus` (only on a box a person set)
-    ms: float = 0.0
+    ms: float = 0.0  # the small copy and what was computed from it
 
     def focus_pixels(self, size: tuple[int, int]) -> Box | None:
         """The focus in pixels of an upright picture of `size`."""
         return self.focus.pixels(size) if self.focus is not None else None
 
 
-def analyse(
-    focus: Focus, small: Image.Image | None, size: tuple[int, int], *, crops: bool
-) -> Analysis:
+def analyse(focus: Focus, small: Image.Image | None, size: tuple[int, int]) -> Analysis:
     """Complete what `focus` does not know yet from `small`, the upright sRGB copy.
 
-    `small` may be None only when `focus.needs_small_copy(crops)` is false.
+    `small` may be None only when `focus.needs_small_copy()` is false. In "auto" mode the
+    subject is estimated even for a source without crops, or with a box set: once per
+    version, so that a crop set added later, or a box cleared, finds it there.
     """
-    started = time.perf_counter()
     subject, placeholder = focus.subject, focus.placeholder
     if small is not None:
         if placeholder is None:
             placeholder = make_placeholder(small, size)
-        if subject is None and crops and focus.box is None and focus.mode == FocalMode.AUTO:
+        if subject is None and focus.mode == FocalMode.AUTO:
             subject = estimate_subject(small)
     placed: FocalBox | None
     if focus.box is not None:
@@ -78,5 +76,4 @@ def analyse(
         placed, zoom = subject, False
     else:
         placed, zoom = None, False
-    elapsed = (time.perf_counter() - started) * 1000
-    return Analysis(subject, placeholder, placed, zoom, elapsed)
+    return Analysis(subject, placeholder, placed, zoom)

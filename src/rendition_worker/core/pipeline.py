@@ -10,6 +10,7 @@ ready before the AVIF.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -44,7 +45,7 @@ from rendition_worker.core.sources import (
     decode_source,
     open_source,
 )
-from rendition_worker.core.specs import Op, Spec
+from rendition_worker.core.specs import Spec
 
 # Pillow first shrinks by an integer factor with a box filter while the remaining scale is
 # at least this gap, then applies Lanczos; at 3 the result is indistinguishable from a full
@@ -246,9 +247,10 @@ def render(
         box = focus.box.pixels(source.size) if focus.box is not None else None
         needed = _needed_size(source, _plan(source, unique, box, zoom=True))
     pixels = decode_source(source, fp, needed)
-    crops = any(spec.operation.kind is Op.FILL for spec in unique)
-    small = _small_copy(pixels, source.orientation) if focus.needs_small_copy(crops) else None
-    analysis = analyse(focus, small, source.size, crops=crops)
+    started = time.perf_counter()
+    small = _small_copy(pixels, source.orientation) if focus.needs_small_copy() else None
+    analysis = analyse(focus, small, source.size)
+    analysis = dataclasses.replace(analysis, ms=(time.perf_counter() - started) * 1000)
     plans = _plan(source, unique, analysis.focus_pixels(source.size), zoom=analysis.zoom)
     return Rendering(source, pixels, plans, options, analysis)
 
