@@ -9,6 +9,7 @@ refused with a message that says what is wrong.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -381,3 +382,65 @@ def test_reconciliation_agrees_with_the_worker_and_follows_focal_point_mode(
 
 def other_bytes(photo: Photo) -> bytes:
     return Path(photo.image.path).read_bytes()
+
+
+# A focal point changed while a worker places crops the old way
+
+
+class GateStorage(FileSystemStorage):
+    """Holds the first opening of an original until the test opens the gate."""
+
+    opened = threading.Event()
+    release = threading.Event()
+    held = False
+    lock = threading.Lock()
+
+    def _open(self, name: str, mode: str = "rb") -> Any:
+        if not name.startswith("renditions/"):
+            with GateStorage.lock:
+                first = not GateStorage.held
+                GateStorage.held = True
+            if first:
+                GateStorage.opened.set()
+                GateStorage.release.wait(30)
+        return super()._open(name, mode)
+
+
+def test_a_box_changed_during_a_render_wins_over_the_box_it_replaced(
+    worker: WorkerTracker, settings: Any
+) -> None:
+    from tests.django.race_support import TaskLog
+    from tests.django.test_reconcile import reconcile
+
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    auto_crop = names(ready_version(photo, data, HERO_AND_THUMB))[f"{THUMB} webp"]
+    wait_idle(worker)
+    GateStorage.held = False
+    GateStorage.opened.clear()
+    GateStorage.release.clear()
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": f"{__name__}.GateStorage"}}
+    log = TaskLog().connect()
+    try:
+        # Box A (on the mark): a worker claims, reads A, and is held opening the source.
+        rendition_worker.set_focal_point(photo.image, (0.8, 0.25, 0.15, 0.5))
+        assert GateStorage.opened.wait(30), "the worker never opened the source"
+        # Box B (away from it) while that worker is held: it drops that worker's claim.
+        rendition_worker.set_focal_point(photo.image, (0.05, 0.25, 0.1, 0.5))
+        final = renamed_crop(photo, auto_crop)
+        GateStorage.release.set()
+        wait_idle(worker)
+    finally:
+        GateStorage.release.set()
+        log.disconnect()
+    statuses = sorted(str(summary.get("status")) for _, summary in log.runs)
+    assert statuses == ["claimed", "ready"], log.runs
+    source = Source.objects.get(object_id=str(photo.pk))
+    assert (source.focal_point, source.state) == ([0.05, 0.25, 0.1, 0.5], State.READY)
+    rows = list(Rendition.objects.filter(source=source))
+    assert names(rows) == names(final)
+    assert red_share(crop_bytes(settings.MEDIA_ROOT, rows)) == 0  # B's placement, not A's
+    # What the held worker wrote for A was never recorded: an orphan the reconciler sweeps.
+    settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "ORPHAN_GRACE": 0}
+    reconcile("--sync")
+    assert media_files(settings.MEDIA_ROOT, "renditions/") == set(names(rows).values())
