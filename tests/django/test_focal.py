@@ -444,3 +444,27 @@ def test_a_box_changed_during_a_render_wins_over_the_box_it_replaced(
     settings.RENDITION_WORKER = {**settings.RENDITION_WORKER, "ORPHAN_GRACE": 0}
     reconcile("--sync")
     assert media_files(settings.MEDIA_ROOT, "renditions/") == set(names(rows).values())
+
+
+def test_generate_force_records_the_placeholder_of_an_image_rendered_before_them(
+    worker: WorkerTracker,
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    data = marked_jpeg()
+    photo = Photo.objects.create(image=upload(data))
+    rows = names(ready_version(photo, data, HERO_AND_THUMB))
+    wait_idle(worker)
+    # As a source rendered by a version without placeholders left it.
+    Source.objects.filter(object_id=str(photo.pk)).update(placeholder_color="", placeholder_uri="")
+    assert rendition_worker.get_placeholder(Photo.objects.get(pk=photo.pk).image) is None
+
+    call_command(
+        "renditions", "generate", "testapp.Photo.image", "--sync", "--force", stdout=StringIO()
+    )
+    placeholder = rendition_worker.get_placeholder(Photo.objects.get(pk=photo.pk).image)
+    assert placeholder is not None and placeholder.color.startswith("#")
+    # Nothing was rendered again: every rendition was there under its current name.
+    assert names(list(Rendition.objects.filter(source__object_id=str(photo.pk)))) == rows

@@ -246,6 +246,8 @@ def render(
         # A person's box may zoom crops in; an estimated subject only moves them (same scale).
         box = focus.box.pixels(source.size) if focus.box is not None else None
         needed = _needed_size(source, _plan(source, unique, box, zoom=True))
+        if not unique:  # only the subject and placeholder are wanted: the small copy's size
+            needed = (SMALL_SIDE, SMALL_SIDE)
     pixels = decode_source(source, fp, needed)
     started = time.perf_counter()
     small = _small_copy(pixels, source.orientation) if focus.needs_small_copy() else None
