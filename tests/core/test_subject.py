@@ -148,3 +148,31 @@ def test_the_estimate_is_made_once_per_version_in_auto_mode_only() -> None:
         chosen = render(fp, AUTO_SPECS, focus=Focus(box=box, mode=FocalMode.AUTO))
     assert chosen.analysis.focus == box and chosen.analysis.zoom
     assert chosen.analysis.subject is not None  # kept for when the box is cleared
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 1), (1, 3), (3, 3), (4000, 1)], ids=str)
+def test_tiny_and_thin_pictures_get_a_subject_and_a_placeholder(size: tuple[int, int]) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, "PNG")
+    buffer.seek(0)
+    rendering = render(buffer, AUTO_SPECS, focus=Focus(mode=FocalMode.AUTO))
+    assert rendering.analysis.subject is not None
+    assert rendering.analysis.placeholder is not None
+    assert [rendered.spec for rendered in rendering] == AUTO_SPECS
+
+
+@pytest.mark.corpus
+def test_every_hostile_file_that_decodes_gets_a_subject_and_a_placeholder(corpus: Path) -> None:
+    from rendition_worker.core.errors import BadSource
+
+    analysed = 0
+    for path in sorted((corpus / "hostile").iterdir()):
+        with path.open("rb") as fp:
+            try:
+                rendering = render(fp, AUTO_SPECS, focus=Focus(mode=FocalMode.AUTO))
+            except BadSource:
+                continue  # refused before any analysis, as the corpus tests expect
+        assert rendering.analysis.subject is not None, path.name
+        assert rendering.analysis.placeholder is not None, path.name
+        analysed += 1
+    assert analysed >= 10

@@ -51,7 +51,11 @@ def saliency_map(rgb: Image.Image) -> Image.Image:
     luma = rgb.convert("L")
     # Pillow's kernel filters leave the outermost pixels as they were (brightness, not
     # edges): blank that frame, or every picture would have "detail" all around it.
-    edges = ImageOps.expand(ImageOps.crop(luma.filter(ImageFilter.FIND_EDGES), 1), 1, fill=0)
+    edges = luma.filter(ImageFilter.FIND_EDGES)
+    if min(luma.size) > 2:  # a picture of one or two pixels across is all frame
+        edges = ImageOps.expand(ImageOps.crop(edges, 1), 1, fill=0)
+    else:
+        edges = Image.new("L", luma.size, 0)
     detail = edges.filter(ImageFilter.GaussianBlur(2))
     typical = _percentile(luma, 0.5)
     contrast = ImageChops.difference(luma, Image.new("L", luma.size, typical))
