@@ -231,3 +231,10 @@ def test_only_cropping_specs_carry_the_placement_in_their_names() -> None:
         assert len(fingerprints) == 4, text
         assert spec_fingerprint(base, spec, "") == base
         assert all(len(value) == 8 for value in fingerprints)
+
+
+def test_float_rounding_never_puts_a_crop_outside_the_picture() -> None:
+    # Found by test_geometry's property test: 15 * (65/15) / (65/15) is 15.000000000000002.
+    for focus in (None, (0.0, 0.0, 65.0, 15.0), (60.0, 10.0, 65.0, 15.0)):
+        left, top, right, bottom = fill_box((65, 15), (65, 15), 50, focus)
+        assert 0 <= left < right <= 65 and 0 <= top < bottom <= 15

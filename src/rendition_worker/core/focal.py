@@ -153,7 +153,8 @@ def fill_box(
             amount = min(closeness / 100, cap)
             if amount > 0:
                 crop_w = max_w + (min_w - max_w) * amount
-    crop_h = crop_w / ratio
+    # min(): H * ratio / ratio can come out a hair over H in floating point.
+    crop_h = min(crop_w / ratio, float(height))
     if focus is None:
         centre_x, centre_y = width / 2, height / 2
     else:
@@ -164,9 +165,10 @@ def fill_box(
     if focus is not None:
         crop_left = _cover(crop_left, crop_w, focus[0], focus[2])
         crop_top = _cover(crop_top, crop_h, focus[1], focus[3])
-    crop_left = min(max(crop_left, 0.0), width - crop_w)
-    crop_top = min(max(crop_top, 0.0), height - crop_h)
-    return (crop_left, crop_top, crop_left + crop_w, crop_top + crop_h)
+    crop_left = max(0.0, min(crop_left, width - crop_w))
+    crop_top = max(0.0, min(crop_top, height - crop_h))
+    # min(): (W - w) + w can also come out a hair over W.
+    return (crop_left, crop_top, min(crop_left + crop_w, width), min(crop_top + crop_h, height))
 
 
 def _cover(start: float, length: float, low: float, high: float) -> float:
