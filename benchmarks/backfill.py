@@ -197,6 +197,7 @@ def backfill(
 ) -> float:
     """Start a reconciliation chain (as beat does) and time it until `spec` is everywhere."""
     from rendition_worker import tasks
+    from rendition_worker.cache import lookup_cache
     from rendition_worker.conf import get_settings
 
     sampler.recording = True
@@ -207,6 +208,9 @@ def backfill(
     wait_for(lambda: count_ready(spec, rows) == len(rows), f"the backfill of {spec}", poll=0.5)
     elapsed = time.monotonic() - started
     sampler.recording = False
+    # The chain's later phases (gone rows, files, tombstones) finish before the next phase
+    # starts one of its own: until then the chain's lock would turn the new one away.
+    wait_for(lambda: lookup_cache().get(tasks.RECONCILE_LOCK) is None, "the chain to end", 0.5)
     return elapsed
 
 

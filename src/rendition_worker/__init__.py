@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rendition_worker.schedule import beat_schedule
+    from rendition_worker.services.focal import set_focal_point
     from rendition_worker.services.lookups import (
+        get_placeholder,
         get_rendition,
         get_renditions,
         get_status,
@@ -17,20 +19,24 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "beat_schedule",
+    "get_placeholder",
     "get_rendition",
     "get_renditions",
     "get_status",
     "prefetch_renditions",
+    "set_focal_point",
 ]
 
 # The public API lives in Django-side modules; importing them lazily keeps this package (and
 # so the pure `rendition_worker.core`) importable without Django installed or configured.
 _LAZY = {
     "beat_schedule": "rendition_worker.schedule",
+    "get_placeholder": "rendition_worker.services.lookups",
     "get_rendition": "rendition_worker.services.lookups",
     "get_renditions": "rendition_worker.services.lookups",
     "get_status": "rendition_worker.services.lookups",
     "prefetch_renditions": "rendition_worker.services.lookups",
+    "set_focal_point": "rendition_worker.services.focal",
 }
 
 

@@ -3,18 +3,19 @@
 `SourceAdmin` lists rendition-worker's own state rows, read-only (the app manages them).
 `RenditionAdminMixin` goes on a site's own ModelAdmin (`class PhotoAdmin(RenditionAdminMixin,
 admin.ModelAdmin)`) and adds the state and renditions of every registered field to the
-change page, plus the same "Regenerate renditions" action.
+change page, a focal point widget per registered image (click or drag the subject's box on
+the image), plus the same "Regenerate renditions" action.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import flatten_fieldsets, quote
 from django.contrib.auth import get_permission_codename
 from django.contrib.contenttypes.admin import GenericTabularInline
 from django.contrib.contenttypes.models import ContentType
@@ -22,6 +23,7 @@ from django.db import models
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.forms import ModelForm
+from django.forms.models import ModelFormMetaclass
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, reverse
@@ -31,9 +33,13 @@ from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
 from rendition_worker import registry
-from rendition_worker.models import Rendition, Source
+from rendition_worker.core.focal import stored_focal_box
+from rendition_worker.core.specs import parse_spec
+from rendition_worker.models import Rendition, Source, State
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services import broker, outbox
+from rendition_worker.services.focal import set_focal_point
+from rendition_worker.widgets import FocalPointField, FocalPointWidget
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[Any]
@@ -47,6 +53,11 @@ else:  # not subscriptable at runtime
 
 REGENERATE = "Regenerate renditions"
 ERROR_EXCERPT_CHARS = 80
+# The focal point form field of registered field `image` is `image_focal_point`.
+FOCAL_FIELD_SUFFIX = "_focal_point"
+# The widget shows the largest ready uncropped rendition up to this wide (the original
+# when there is none): big enough to aim at, far smaller than a camera file.
+FOCAL_IMAGE_MAX_WIDTH = 1000
 
 
 def _rendition_url(source: Source, rendition: Rendition) -> str | None:
@@ -338,14 +349,127 @@ class SourceInline(GenericTabularInline):
         )
 
 
+def _focal_image_url(entry: RegisteredField, instance: Any, source: Source | None) -> str:
+    """What the focal point widget shows: a ready uncropped rendition, or the original."""
+    fieldfile = getattr(instance, entry.name)
+    candidates = []
+    if source is not None and source.name == fieldfile.name:
+        for rendition in source.renditions.all():
+            operation = parse_spec(rendition.spec).operation
+            if rendition.state == State.READY and rendition.width and not operation.crops:
+                candidates.append(rendition)
+    fitting = [r for r in candidates if (r.width or 0) <= FOCAL_IMAGE_MAX_WIDTH]
+    if fitting:
+        best = max(fitting, key=lambda rendition: rendition.width or 0)
+        url = _rendition_url(source, best) if source is not None else None
+        if url:
+            return url
+    return str(fieldfile.url)
+
+
+def _fill_focal_fields(form: ModelForm[Any], entries: Sequence[RegisteredField]) -> None:
+    """Give each focal point field its image and the box recorded for that file (2 queries)."""
+    instance = form.instance
+    content_type = ContentType.objects.get_for_model(type(instance))
+    sources = {
+        source.field: source
+        for source in Source.objects.filter(
+            content_type=content_type,
+            object_id=str(instance.pk),
+            field__in=[entry.name for entry in entries],
+        ).prefetch_related("renditions")
+    }
+    for entry in entries:
+        name = entry.name + FOCAL_FIELD_SUFFIX
+        source = sources.get(entry.name)
+        widget = form.fields[name].widget
+        assert isinstance(widget, FocalPointWidget)
+        widget.image_url = _focal_image_url(entry, instance, source)
+        current = getattr(instance, entry.name).name
+        recorded = source.focal_point if source is not None and source.name == current else None
+        form.initial[name] = stored_focal_box(recorded)
+
+
 class RenditionAdminMixin(_ModelAdmin):
     """For a site's ModelAdmin of a model with registered image fields: state and regeneration.
 
     Adds a read-only panel of each registered field's state, error and renditions to the
-    change page, and a "Regenerate renditions" action (change permission required).
+    change page, a focal point widget for each registered field that holds an image (saved
+    through `set_focal_point`, so only the crops are rendered again), and a "Regenerate
+    renditions" action (change permission required).
     """
 
     rendition_inline: type[SourceInline] = SourceInline
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm[Any]]:
+        """The model's form, plus a focal point field per registered image on a change page."""
+        entries = self._focal_entries(obj)
+        names = {entry.name + FOCAL_FIELD_SUFFIX for entry in entries}
+        if names:
+            # The model form must not be asked for these: they are the form's, not the model's.
+            fields = kwargs.get("fields")
+            if "fields" not in kwargs:
+                fields = flatten_fieldsets(self.get_fieldsets(request, obj))
+            if fields is not None:
+                kwargs["fields"] = [name for name in fields if name not in names]
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if not entries:
+            return form
+        attrs: dict[str, Any] = {
+            entry.name + FOCAL_FIELD_SUFFIX: FocalPointField(
+                required=False,
+                label=f"Focal point of {entry.field.verbose_name}",
+                help_text="Where the subject is; crops keep it in view.",
+            )
+            for entry in entries
+        }
+        parent_init = form.__init__
+
+        def __init__(self: ModelForm[Any], *args: Any, **kw: Any) -> None:
+            parent_init(self, *args, **kw)
+            _fill_focal_fields(self, entries)
+
+        attrs.update(__init__=__init__, __module__=__name__)
+        return cast(
+            "type[ModelForm[Any]]",
+            ModelFormMetaclass(f"{form.__name__}WithFocalPoints", (form,), attrs),
+        )
+
+    def _focal_entries(self, obj: Any) -> list[RegisteredField]:
+        """The registered fields of `obj` that hold an image (none on an add page)."""
+        if obj is None:
+            return []
+        return [entry for entry in registry.fields_of(self.model) if getattr(obj, entry.name)]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The model's fieldsets; the focal point fields in one of their own if not placed."""
+        fieldsets = list(super().get_fieldsets(request, obj))
+        placed = set(flatten_fieldsets(fieldsets))
+        missing: list[Any] = [
+            entry.name + FOCAL_FIELD_SUFFIX
+            for entry in self._focal_entries(obj)
+            if entry.name + FOCAL_FIELD_SUFFIX not in placed
+        ]
+        if missing:
+            fieldsets.append(("Focal points", {"fields": missing}))
+        return fieldsets
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        """Save the row, then any focal point changed on an image that was not replaced.
+
+        A focal point belongs to the image it was drawn on: one sent with a new upload in
+        the same save would be for the old image, and is dropped (the new one starts
+        without one).
+        """
+        super().save_model(request, obj, form, change)
+        for entry in registry.fields_of(self.model):
+            name = entry.name + FOCAL_FIELD_SUFFIX
+            if name not in form.fields or entry.name in form.changed_data:
+                continue
+            if name in form.changed_data and getattr(obj, entry.name):
+                set_focal_point(getattr(obj, entry.name), _as_tuple(form.cleaned_data[name]))
 
     def get_inlines(
         self, request: HttpRequest, obj: Any
@@ -373,3 +497,7 @@ class RenditionAdminMixin(_ModelAdmin):
         entries = registry.fields_of(self.model)
         queued = _enqueue_regeneration(entries, queryset)
         _report(self, request, queued, queued)
+
+
+def _as_tuple(box: Any) -> tuple[float, float, float, float] | None:
+    return None if box is None else (box.x, box.y, box.width, box.height)

@@ -13,7 +13,8 @@ from django.core.cache import BaseCache, caches
 
 from rendition_worker.conf import get_settings
 
-KEY_VERSION = 1
+# 2: an entry holds (renditions, placeholder), no longer the renditions alone.
+KEY_VERSION = 2
 
 
 def lookup_cache() -> BaseCache:

@@ -20,6 +20,7 @@ from django.dispatch import receiver
 
 from rendition_worker.core.encoding import AVIF_CODECS, EncoderSettings
 from rendition_worker.core.errors import InvalidSpec
+from rendition_worker.core.focal import FocalMode
 from rendition_worker.core.pipeline import RenderOptions
 from rendition_worker.core.sources import Limits
 from rendition_worker.core.specs import Spec, expand_set
@@ -42,6 +43,7 @@ DEFAULTS: Mapping[str, Any] = {
     "CACHE": "default",
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
+    "FOCAL_POINT": "auto",
 }
 _NON_NEGATIVE_INTS = ("MAX_PIXELS", "RECONCILE_EVERY", "ORPHAN_GRACE", "DELETE_DELAY")
 # Zero would stop reconciliation (no bulk task may wait) or relay every intent at once.
@@ -78,6 +80,7 @@ class RenditionSettings:
     cache: str
     delete_delay: int
     avif_codec: str
+    focal_point: FocalMode = FocalMode.AUTO
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     def specs_for(self, field_key: str) -> tuple[Spec, ...]:
@@ -169,8 +172,14 @@ def parse_settings(raw: object) -> RenditionSettings:
         cache=_str_or_default(values, "CACHE"),
         delete_delay=_int_or_default(values, "DELETE_DELAY"),
         avif_codec=values["AVIF_CODEC"] if values["AVIF_CODEC"] in AVIF_CODECS else "svt",
+        focal_point=_focal_mode(values["FOCAL_POINT"]),
         problems=tuple(problems),
     )
+
+
+def _focal_mode(value: object) -> FocalMode:
+    modes = {str(mode) for mode in FocalMode}
+    return FocalMode(value) if isinstance(value, str) and value in modes else FocalMode.AUTO
 
 
 def _int_or_default(values: Mapping[str, Any], key: str, minimum: int = 0) -> int:
@@ -248,6 +257,17 @@ def _check_scalars(values: Mapping[str, Any], problems: list[Problem]) -> None:
                 f"{SETTING}['AVIF_CODEC'] must be one of {', '.join(AVIF_CODECS)}, "
                 f"not {values['AVIF_CODEC']!r}",
                 "SVT-AV1 ('svt') is the fastest at about the same size and quality.",
+            )
+        )
+    modes = [str(mode) for mode in FocalMode]
+    if not isinstance(values["FOCAL_POINT"], str) or values["FOCAL_POINT"] not in modes:
+        problems.append(
+            Problem(
+                "rendition_worker.E003",
+                f"{SETTING}['FOCAL_POINT'] must be one of {', '.join(modes)}, "
+                f"not {values['FOCAL_POINT']!r}",
+                "'auto' places crops on the subject it finds in each image, 'centre' in the "
+                "middle; a focal point set on an image wins over both.",
             )
         )
 

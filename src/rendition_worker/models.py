@@ -1,7 +1,8 @@
 """Ownership and state: which source file each rendition was made from, and where it is.
 
 - `Source`: one row per (model, row, field): the file name being rendered, its state and
-  error, and the claim of the worker rendering it (one worker per source at a time).
+  error, the claim of the worker rendering it (one worker per source at a time), and what
+  belongs to that file only: its focal point, estimated subject and placeholder.
 - `Rendition`: one row per (source, spec): the file it wrote and what it made it from.
   The unique constraints make concurrent writers safe: a lost race is an IntegrityError.
 - `Tombstone`: a stale file waiting for deletion (DELETE_DELAY, or until a worker runs);
@@ -46,6 +47,15 @@ class Source(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     render_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Of this source version only (a new file clears them): [x, y, width, height] fractions.
+    focal_point = models.JSONField(
+        null=True, blank=True, help_text="The subject a person set: [x, y, w, h] in 0..1."
+    )
+    subject = models.JSONField(
+        null=True, blank=True, help_text="The estimated subject (FOCAL_POINT 'auto')."
+    )
+    placeholder_color = models.CharField(max_length=7, blank=True, help_text="#rrggbb")
+    placeholder_uri = models.TextField(blank=True, help_text="A tiny blurred preview.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -786,3 +786,26 @@ def test_after_applying_a_plan_every_renderable_source_is_complete(
             assert (row.state, row.name) == (READY, planned_name(ref, state, spec))
             if is_current(after, ref, state, row, retry_failed):
                 assert row.name in after.files
+
+
+def test_a_new_placement_makes_the_crops_missing_and_nothing_else() -> None:
+    from dataclasses import replace
+
+    from rendition_worker.core.naming import spec_fingerprint
+
+    specs = frozenset({AVIF, WEBP})
+    boxed = "box:0.1000,0.1000,0.2000,0.2000"
+    crop_fingerprint = spec_fingerprint(FINGERPRINT, parse_spec(WEBP), boxed)
+    rows = (made(AVIF, id=1), made(WEBP, id=2, fingerprint=crop_fingerprint))
+    recorded = replace(source(*rows), placement=boxed)
+    plan = plan_sources({PHOTO: (CURRENT, specs)}, {PHOTO: recorded}, NAMING)
+    assert plan.empty and counts(plan) == {"sources": 1, "required": 2, "present": 2}
+    assert expected_name(PHOTO, recorded, rows[1], NAMING) == rows[1].name
+
+    # The box changed (or was cleared): the crop's name is stale, the width's is not.
+    moved = replace(recorded, placement="auto:1")
+    plan = plan_sources({PHOTO: (CURRENT, specs)}, {PHOTO: moved}, NAMING)
+    assert counts(plan) == {"sources": 1, "required": 2, "present": 1, "missing": 1}
+    assert plan.generate[PHOTO].force  # a ready source renders again only when forced
+    assert expected_name(PHOTO, moved, rows[0], NAMING) == rows[0].name
+    assert expected_name(PHOTO, moved, rows[1], NAMING) != rows[1].name

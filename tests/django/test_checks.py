@@ -42,6 +42,7 @@ DESIGN_EXAMPLE = {
     "CACHE": "default",
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
+    "FOCAL_POINT": "centre",
 }
 
 
@@ -101,6 +102,13 @@ CASES: list[tuple[str, object, set[str], str]] = [
         "not 'dav1d'",
     ),
     ("avif-codec-unknown", {**VALID, "AVIF_CODEC": "x265"}, {"rendition_worker.E003"}, "'x265'"),
+    (
+        "focal-point-spelling",
+        {**VALID, "FOCAL_POINT": "center"},
+        {"rendition_worker.E003"},
+        "['FOCAL_POINT'] must be one of auto, centre, not 'center'",
+    ),
+    ("focal-point-none", {**VALID, "FOCAL_POINT": None}, {"rendition_worker.E003"}, "not None"),
     # E004: sets
     (
         "sets-not-a-dict",

@@ -204,9 +204,9 @@ def test_a_cached_lookup_costs_no_query_and_holds_only_primitives(
     assert again == first
     assert one == first[THUMB]
 
-    cached = cache.lookup_cache().get(key_of(photo))
-    assert json.loads(json.dumps(cached)) == [list(row) for row in cached]
-    assert {row[1] for row in cached} == set(PHOTO_SPECS)
+    rows, placeholder = cache.lookup_cache().get(key_of(photo))
+    assert json.loads(json.dumps([rows, placeholder])) == [[list(row) for row in rows], None]
+    assert {row[1] for row in rows} == set(PHOTO_SPECS)
 
     # URLs are made at read time (a signed URL expires; a cached one would outlive it).
     settings.MEDIA_URL = "https://cdn.example.com/media/"
@@ -395,14 +395,18 @@ def test_the_package_imports_without_django_and_exports_the_reading_api() -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         "['beat_schedule',",
+        "'get_placeholder',",
         "'get_rendition',",
         "'get_renditions',",
         "'get_status',",
-        "'prefetch_renditions']",
+        "'prefetch_renditions',",
+        "'set_focal_point']",
     ]
-    from rendition_worker.services import lookups
+    from rendition_worker.services import focal, lookups
 
     assert rendition_worker.get_renditions is lookups.get_renditions
+    assert rendition_worker.get_placeholder is lookups.get_placeholder
+    assert rendition_worker.set_focal_point is focal.set_focal_point
     with pytest.raises(AttributeError, match="no attribute 'beat_schedul'"):
         rendition_worker.beat_schedul  # noqa: B018
 

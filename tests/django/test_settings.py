@@ -34,6 +34,7 @@ DOCUMENTED_DEFAULTS = {
     "CACHE": "default",
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
+    "FOCAL_POINT": "auto",
 }
 
 
@@ -61,6 +62,7 @@ def test_defaults_are_the_documented_ones() -> None:
         parsed.cache,
         parsed.delete_delay,
         parsed.avif_codec,
+        parsed.focal_point,
     ) == (
         {},
         {},
@@ -74,6 +76,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "default",
         0,
         "svt",
+        "auto",
     )
     assert parsed.encoder.avif_codec == "svt"
     assert parsed.render_options.limits.max_pixels == 100_000_000
@@ -162,13 +165,15 @@ def test_problems_are_collected_and_values_fall_back() -> None:
             "MAX_PIXELS": "lots",
             "AVIF_CODEC": "x265",
             "PATH": "/media/renditions/",
+            "FOCAL_POINT": "center",
         }
     )
-    assert len(parsed.problems) == 4
+    assert len(parsed.problems) == 5
     assert parsed.fields == {"testapp.Photo.image": ("a",)}
     assert parsed.delete_delay == 0
     assert parsed.max_pixels == 100_000_000
     assert parsed.avif_codec == "svt"
+    assert parsed.focal_point == "auto"
     assert parsed.path == "media/renditions"
 
 

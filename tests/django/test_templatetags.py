@@ -376,3 +376,108 @@ def test_picture_of_what_the_worker_made_points_at_real_files(
         assert url.startswith(settings.MEDIA_URL + "renditions/")
         path = Path(settings.MEDIA_ROOT) / unquote(url.removeprefix(settings.MEDIA_URL))
         assert path.is_file(), url
+
+
+# Placeholders (DESIGN.md "Crops, placeholders, APIs and Jinja2")
+
+PREVIEW = "data:image/webp;base64,UklGRkIAAABXRUJQVlA4IDYAAADQAQCdASoEAAMAAUAmJYgCdAEO"
+
+
+def with_placeholder(photos: list[Any], color: str = "#3a5f0b") -> None:
+    """Record the placeholder a worker records at the start of a render (upright 300x400)."""
+    from rendition_worker.models import Source
+
+    Source.objects.filter(object_id__in=[str(p.pk) for p in photos]).update(
+        placeholder_color=color, placeholder_uri=PREVIEW, width=300, height=400
+    )
+
+
+@pytest.mark.django_db
+def test_picture_paints_the_placeholder_colour_by_default_blur_or_none_on_request() -> None:
+    (photo,) = photos_without_signals(stored_file())
+    record([photo])
+    with_placeholder([photo])
+
+    painted = {
+        kind: Tags(render(f'{{% picture p.image "hero" {kind} %}}', p=photo)).one("img")
+        for kind in ("", 'placeholder="color"', 'placeholder="blur"', 'placeholder="none"')
+    }
+    assert painted[""]["style"] == "background-color:#3a5f0b"
+    assert painted['placeholder="color"'] == painted[""]
+    assert painted['placeholder="blur"']["style"] == (
+        f"background-color:#3a5f0b;background-image:url({PREVIEW});background-size:cover"
+    )
+    assert "style" not in painted['placeholder="none"']
+    assert all("placeholder" not in attrs for attrs in painted.values())
+    # A style of the template's own comes after the placeholder's, so it can override it.
+    styled = Tags(render('{% picture p.image "hero" style="border:0" %}', p=photo)).one("img")
+    assert styled["style"] == "background-color:#3a5f0b;border:0"
+
+
+@pytest.mark.django_db
+def test_a_pending_picture_gets_the_placeholder_and_the_upright_size() -> None:
+    (photo,) = photos_without_signals(stored_file())
+    record([photo], [HERO[0]], source_state=State.PENDING)  # no <img> fallback yet
+    with_placeholder([photo])
+
+    img = Tags(render('{% picture p.image "hero" alt="A dog" %}', p=photo)).one("img")
+    assert img == {
+        "src": photo.image.url,
+        "alt": "A dog",
+        "width": "300",
+        "height": "400",
+        "loading": "lazy",
+        "decoding": "async",
+        "style": "background-color:#3a5f0b",
+    }
+
+
+@pytest.mark.django_db
+def test_a_placeholder_that_is_not_the_workers_is_not_written_into_a_style() -> None:
+    (photo,) = photos_without_signals(stored_file())
+    record([photo])
+    with_placeholder([photo], color="red;a:b")  # 7 characters, as the column allows
+
+    img = Tags(render('{% picture p.image "hero" placeholder="blur" %}', p=photo)).one("img")
+    assert img["style"] == f"background-image:url({PREVIEW});background-size:cover"
+
+
+@pytest.mark.django_db
+def test_an_unknown_placeholder_is_a_developer_error() -> None:
+    (photo,) = photos_without_signals(stored_file())
+    record([photo])
+    with pytest.raises(ValueError, match="placeholder='blurry' is not one of color, blur, none"):
+        render('{% picture p.image "hero" placeholder="blurry" %}', p=photo)
+
+
+@pytest.mark.django_db
+def test_a_page_of_placeholders_costs_two_queries_then_none(
+    django_assert_num_queries: Any,
+) -> None:
+    photos = photos_without_signals(*(f"photos/page-{index}.jpg" for index in range(20)))
+    record(photos[:10])
+    record(photos[10:], [HERO[0]], source_state=State.PENDING)  # half of them still pending
+    with_placeholder(photos)
+    page = Template(
+        '{% load renditions %}{% for p in photos %}{% picture p.image "hero" placeholder="blur" %}'
+        "{% endfor %}"
+    )
+    ContentType.objects.clear_cache()
+
+    def load() -> list[Photo]:
+        return list(Photo.objects.filter(pk__in=[p.pk for p in photos]).order_by("pk"))
+
+    listed = load()
+    # As for renditions alone: the content type (once per process), then one query for the
+    # renditions and the placeholders of the whole page.
+    with django_assert_num_queries(2):
+        rendition_worker.prefetch_renditions(listed, "image")
+        html = page.render(Context({"photos": listed}))
+    styles = [attrs.get("style") for tag, attrs in Tags(html).tags if tag == "img"]
+    assert len(styles) == 20
+    assert all(style and PREVIEW in style for style in styles)
+
+    listed = load()
+    with django_assert_num_queries(0):
+        rendition_worker.prefetch_renditions(listed, "image")
+        assert page.render(Context({"photos": listed})) == html

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rendition_worker.core.focal import fill_box
 from rendition_worker.core.specs import Op, Operation
 
 Box = tuple[float, float, float, float]
@@ -35,8 +36,14 @@ def _scaled(width: int, height: int, factor: float) -> Size:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def plan_geometry(source_size: Size, operation: Operation) -> Geometry:
-    """Return the crop box and output size of `operation` on an upright source of `source_size`."""
+def plan_geometry(
+    source_size: Size, operation: Operation, focus: Box | None = None, *, zoom: bool = True
+) -> Geometry:
+    """Return the crop box and output size of `operation` on an upright source of `source_size`.
+
+    `focus`: the subject in upright pixels, which a `fill` crop keeps inside; `zoom=False`
+    ignores `-cN` (an estimated subject places the crop but is not trusted to zoom in on).
+    """
     width, height = source_size
     whole: Box = (0.0, 0.0, float(width), float(height))
     kind = operation.kind
@@ -54,17 +61,16 @@ def plan_geometry(source_size: Size, operation: Operation) -> Geometry:
     if kind is Op.MIN:
         return Geometry(whole, _scaled(width, height, max(target_w / width, target_h / height)))
     if kind is Op.FILL:
-        return _plan_fill(width, height, target_w, target_h)
+        closeness = operation.closeness if zoom else 0
+        return _plan_fill(width, height, target_w, target_h, closeness, focus)
     raise AssertionError(f"unhandled operation {kind!r}")  # pragma: no cover
 
 
-def _plan_fill(width: int, height: int, target_w: int, target_h: int) -> Geometry:
-    # The largest centred box of the target's aspect ratio. Wagtail's crop closeness only
-    # zooms towards a focal point; with none (we have none yet) it is centred like this.
-    ratio = target_w / target_h
-    crop_w, crop_h = min(float(width), height * ratio), min(float(height), width / ratio)
-    left, top = (width - crop_w) / 2, (height - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
+def _plan_fill(
+    width: int, height: int, target_w: int, target_h: int, closeness: int, focus: Box | None
+) -> Geometry:
+    box = fill_box((width, height), (target_w, target_h), closeness, focus)
+    crop_w, crop_h = box[2] - box[0], box[3] - box[1]
     if crop_w <= target_w:
         # Smaller than the target: keep the ratio, never upscale.
         return Geometry(box, (max(1, round(crop_w)), max(1, round(crop_h))))

@@ -10,6 +10,7 @@ ready before the AVIF.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -20,6 +21,7 @@ from typing import IO
 
 from PIL import Image
 
+from rendition_worker.core.analysis import SMALL_SIDE, Analysis, Focus, analyse
 from rendition_worker.core.color import to_srgb
 from rendition_worker.core.encoding import (
     ALPHA_FORMATS,
@@ -138,8 +140,11 @@ class Rendering:
         pixels: Image.Image,
         plans: dict[Spec, Geometry],
         options: RenderOptions,
+        analysis: Analysis,
     ) -> None:
         self.source = SourceInfo(source.format, *source.size, source.frames)
+        # Subject and placeholder, known before the first rendition is encoded.
+        self.analysis = analysis
         self._orientation = source.orientation
         self._stored_size = source.stored_size
         self._pixels: Image.Image | None = pixels
@@ -221,18 +226,49 @@ class Rendering:
         return _Output(spec, box, image.size, fmt, spec.quality_for(fmt), background)
 
 
-def render(fp: IO[bytes], specs: Sequence[Spec], options: RenderOptions | None = None) -> Rendering:
-    """Check and decode the source in `fp` once and plan `specs`; raises `BadSource`."""
+def render(
+    fp: IO[bytes],
+    specs: Sequence[Spec],
+    options: RenderOptions | None = None,
+    focus: Focus | None = None,
+) -> Rendering:
+    """Check and decode the source in `fp` once and plan `specs`; raises `BadSource`.
+
+    `focus`: the focal box, FOCAL_POINT mode and what is known of this source version; the
+    subject and placeholder it lacks are computed from a small copy before any encode.
+    """
     options = options or RenderOptions()
+    focus = focus or Focus()
     unique = list(dict.fromkeys(specs))
     source = open_source(fp, options.limits)
+    needed = None
     if source.draftable:
-        plans = _plan(source, unique)
-        pixels = decode_source(source, fp, _needed_size(source, plans))
-    else:
-        pixels = decode_source(source, fp, None)
-        plans = _plan(source, unique)
-    return Rendering(source, pixels, plans, options)
+        # A person's box may zoom crops in; an estimated subject only moves them (same scale).
+        box = focus.box.pixels(source.size) if focus.box is not None else None
+        needed = _needed_size(source, _plan(source, unique, box, zoom=True))
+        if not unique:  # only the subject and placeholder are wanted: the small copy's size
+            needed = (SMALL_SIDE, SMALL_SIDE)
+    pixels = decode_source(source, fp, needed)
+    started = time.perf_counter()
+    small = _small_copy(pixels, source.orientation) if focus.needs_small_copy() else None
+    analysis = analyse(focus, small, source.size)
+    analysis = dataclasses.replace(analysis, ms=(time.perf_counter() - started) * 1000)
+    plans = _plan(source, unique, analysis.focus_pixels(source.size), zoom=analysis.zoom)
+    return Rendering(source, pixels, plans, options, analysis)
+
+
+def _small_copy(pixels: Image.Image, orientation: int) -> Image.Image:
+    """An upright sRGB copy of about SMALL_SIDE px, for the subject and the placeholder."""
+    factor = max(1, max(pixels.size) // SMALL_SIDE)
+    small = pixels.reduce(factor) if factor > 1 else pixels
+    if max(small.size) > SMALL_SIDE:  # reduce() goes by whole factors: finish the way down
+        scale = SMALL_SIDE / max(small.size)
+        size = (max(1, round(small.width * scale)), max(1, round(small.height * scale)))
+        small = small.resize(size, Image.Resampling.BOX)
+    small = to_srgb(small if small is not pixels else pixels.copy(), pixels.info.get("icc_profile"))
+    if orientation in _TRANSPOSE:
+        small = small.transpose(_TRANSPOSE[orientation])
+    return small
 
 
 def band_boxes(size: Size, box: Box) -> list[tuple[int, Size, Box]]:
@@ -257,8 +293,10 @@ def band_boxes(size: Size, box: Box) -> list[tuple[int, Size, Box]]:
     ]
 
 
-def _plan(source: OpenedSource, specs: list[Spec]) -> dict[Spec, Geometry]:
-    return {spec: plan_geometry(source.size, spec.operation) for spec in specs}
+def _plan(
+    source: OpenedSource, specs: list[Spec], focus: Box | None, *, zoom: bool
+) -> dict[Spec, Geometry]:
+    return {spec: plan_geometry(source.size, spec.operation, focus, zoom=zoom) for spec in specs}
 
 
 def _needed_size(source: OpenedSource, plans: dict[Spec, Geometry]) -> Size | None:

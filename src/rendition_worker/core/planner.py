@@ -21,6 +21,7 @@ from rendition_worker.core.naming import (
     parse_rendition_name,
     rendition_name,
     source_key,
+    spec_fingerprint,
 )
 from rendition_worker.core.specs import parse_spec
 
@@ -64,6 +65,8 @@ class RecordedSource:
     state: str
     digest: str
     renditions: tuple[RecordedRendition, ...] = ()
+    # Where its crops go (`focal.placement_key`); part of the names of cropping specs.
+    placement: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +143,14 @@ def expected_name(
     ref: SourceRef, source: RecordedSource, row: RecordedRendition, naming: Naming
 ) -> str:
     """The name a rendition of `source` would get under the current settings."""
+    spec = parse_spec(row.spec)
     return rendition_name(
         path=naming.path,
         key=source_key(ref.identity, source.digest),
         source_name=source.name,
-        spec=parse_spec(row.spec),
+        spec=spec,
         output_format=row.format,
-        fingerprint=naming.fingerprint,
+        fingerprint=spec_fingerprint(naming.fingerprint, spec, source.placement),
     )
 
 
@@ -210,7 +214,13 @@ def _plan_required(
             and row.spec in specs
             and row.source_name == name
             and row.format in EXTENSIONS
-            and row.name == name_with_spec(prefix, row.spec, row.format, naming.fingerprint)
+            and row.name
+            == name_with_spec(
+                prefix,
+                row.spec,
+                row.format,
+                spec_fingerprint(naming.fingerprint, parse_spec(row.spec), source.placement),
+            )
         }
     plan.counts["present"] += len(present)
     missing = len(specs - present)

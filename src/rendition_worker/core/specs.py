@@ -90,6 +90,11 @@ class Operation:
     closeness: int = 0
     percent: int | None = None
 
+    @property
+    def crops(self) -> bool:
+        """Whether where the subject is can change this operation's output: fill-*, min-*."""
+        return self.kind in {Op.FILL, Op.MIN}
+
     def __str__(self) -> str:
         if self.kind is Op.ORIGINAL:
             return "original"

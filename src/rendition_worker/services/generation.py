@@ -30,9 +30,12 @@ from django.utils import timezone
 
 from rendition_worker import cache, registry
 from rendition_worker.conf import RenditionSettings, get_settings
+from rendition_worker.core.analysis import Analysis, Focus
 from rendition_worker.core.errors import BadSource, RenditionError, SourceProblem
-from rendition_worker.core.naming import rendition_name, source_key
+from rendition_worker.core.focal import stored_focal_box
+from rendition_worker.core.naming import rendition_name, source_key, spec_fingerprint
 from rendition_worker.core.pipeline import Rendered, render
+from rendition_worker.core.placeholder import Placeholder
 from rendition_worker.core.planner import SourceRef
 from rendition_worker.core.specs import Spec, parse_spec
 from rendition_worker.models import Rendition, Source, State, Tombstone
@@ -225,22 +228,28 @@ class _Job:
         self.storage: Storage = registry.storage_for(self.storage_ref)
         self.started = time.perf_counter()
         self.superseded = 0  # files of earlier encoder settings this job replaced
+        self.focus = Focus(mode=settings.focal_point)
 
     def run(self, opened: _read_source | None = None) -> dict[str, Any]:
         """Render, write and record what is missing; `opened`: the source, read already."""
         reading = opened or _read_source(self.entry.field.storage, self.name)
+        # Read after the claim: a focal point set since is seen here, and one set later
+        # drops the claim (services.focal), so this job records nothing placed the old way.
+        self.focus = self._focus()
         with reading as (fp, digest):
             if fp is None:
                 return self._fail(digest, reading.problem)
             key = source_key(SourceRef(*self._ref).identity, digest)
             specs = self._needed(key)
-            if not specs:  # every rendition exists under its current name: nothing to decode
+            if not specs and self.focus.placeholder is not None:
+                # Every rendition exists under its current name: nothing to decode.
                 finished = self._finish(digest, None)
                 return {"status": "ready" if finished else "stale", "renditions": 0}
             try:
-                rendering = render(fp, specs, self.settings.render_options)
+                rendering = render(fp, specs, self.settings.render_options, self.focus)
             except BadSource as exc:
                 return self._fail(digest, exc)
+            self._keep_analysis(rendering.analysis)
             written = recorded = total = 0
             batch: list[tuple[str, Rendered]] = []
             # Files are written as they come; rows are recorded one format at a time, so
@@ -273,14 +282,57 @@ class _Job:
         return self.entry.model_label, self.source.object_id, self.entry.name
 
     def _name(self, key: str, spec: str, output_format: str) -> str:
+        parsed = parse_spec(spec)
         return rendition_name(
             path=self.settings.path,
             key=key,
             source_name=self.name,
-            spec=parse_spec(spec),
+            spec=parsed,
             output_format=output_format,
-            fingerprint=self.settings.encoder.fingerprint,
+            fingerprint=spec_fingerprint(
+                self.settings.encoder.fingerprint, parsed, self.focus.placement
+            ),
         )
+
+    def _focus(self) -> Focus:
+        """How this version's crops are placed, and what earlier renders of it learnt."""
+        row = (
+            Source.objects.filter(pk=self.source.pk)
+            .values_list(
+                "focal_point", "subject", "placeholder_color", "placeholder_uri", "width", "height"
+            )
+            .first()
+        )
+        if row is None:
+            return Focus(mode=self.settings.focal_point)
+        focal, subject, color, uri, width, height = row
+        placeholder = (
+            Placeholder(color, uri, width, height) if color and uri and width and height else None
+        )
+        return Focus(
+            stored_focal_box(focal),
+            self.settings.focal_point,
+            stored_focal_box(subject),
+            placeholder,
+        )
+
+    def _keep_analysis(self, analysis: Analysis) -> None:
+        """Record the subject and placeholder before any rendition, so pages have them first."""
+        placeholder = analysis.placeholder
+        if placeholder == self.focus.placeholder and analysis.subject == self.focus.subject:
+            return
+        values: dict[str, Any] = {
+            "subject": analysis.subject.as_list() if analysis.subject is not None else None
+        }
+        if placeholder is not None:
+            values.update(
+                placeholder_color=placeholder.color,
+                placeholder_uri=placeholder.data_uri,
+                width=placeholder.width,
+                height=placeholder.height,
+            )
+        Source.objects.filter(pk=self.source.pk, name=self.name, claim=self.token).update(**values)
+        cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
 
     def _needed(self, key: str) -> list[Spec]:
         """The required specs without a ready rendition of this content under today's name.

@@ -1,9 +1,11 @@
-"""Read renditions: the ready renditions of a field's current file, from cache or database.
+"""Read renditions: the ready renditions and placeholder of a field's current file.
 
 A lookup is keyed by the source version (`cache.renditions_key`: content type, row, field,
 file name), so a replaced image never finds the old image's entry; the write side drops the
-entry on every change. Only primitives are cached; URLs are built at read time, because a
-signed storage URL (S3) expires and must not outlive its page.
+entry on every change. One query (the state row joined to its ready renditions) fills one
+entry that holds both the renditions and the placeholder, so a page that shows both pays
+for one. Only primitives are cached; URLs are built at read time, because a signed storage
+URL (S3) expires and must not outlive its page.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ from typing import Any, Literal
 from django.contrib.contenttypes.models import ContentType
 from django.core.cache import BaseCache
 from django.db import models
+from django.db.models import FilteredRelation, Q
 from django.db.models.fields.files import FieldFile
 
 from rendition_worker import cache, registry
 from rendition_worker.conf import get_settings
 from rendition_worker.core.encoding import MEDIA_TYPES
 from rendition_worker.core.specs import canonical_spec
-from rendition_worker.models import Rendition, Source, State
+from rendition_worker.models import Source, State
 from rendition_worker.registry import RegisteredField
 
 # Where `prefetch_renditions` leaves its results on each instance:
-# {field name: {source file name: rows}}; the file name guards against a field changed since.
+# {field name: {source file name: entry}}; the file name guards against a field changed since.
 PREFETCH_ATTRIBUTE = "_rendition_worker_prefetched"
 # A reader's SELECT and its cache write can straddle the worker's last invalidation, which
 # would leave a partial list cached until the next change. Partial lists (pending or failed
@@ -36,6 +39,12 @@ INCOMPLETE_TIMEOUT = 10
 # What the cache holds per rendition, JSON-able: (name, spec, format, width, height, size).
 Row = tuple[str, str, str, int, int, int]
 _COLUMNS = ("name", "spec", "format", "width", "height", "size")
+_JOINED = tuple(f"ready__{column}" for column in _COLUMNS)
+# The placeholder, JSON-able: (color, data URI, width, height) of the upright source.
+PlaceholderRow = tuple[str, str, int, int]
+_PLACEHOLDER_COLUMNS = ("placeholder_color", "placeholder_uri", "width", "height")
+# One cached lookup of a source version: its ready renditions and its placeholder.
+Entry = tuple[tuple[Row, ...], PlaceholderRow | None]
 
 StatusState = Literal["pending", "ready", "failed"]
 
@@ -56,6 +65,16 @@ class RenditionInfo:
     def media_type(self) -> str:
         """The MIME type, as `<source type>` wants it (`image/avif`)."""
         return MEDIA_TYPES[self.format]
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    """What a page paints before a rendition loads: `.color` (#rrggbb), `.data_uri`, size."""
+
+    color: str
+    data_uri: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +99,24 @@ def get_renditions(fieldfile: FieldFile) -> dict[str, RenditionInfo]:
     instance = fieldfile.instance
     if not name or instance.pk is None:
         return {}
-    rows = _prefetched(instance, entry.name, name)
-    if rows is None:
-        rows = _lookup(entry, str(instance.pk), name)
+    rows, _ = _entry(entry, instance, name)
     return _infos(entry, rows)
+
+
+def get_placeholder(fieldfile: FieldFile) -> Placeholder | None:
+    """The current file's placeholder (colour, blurred preview, upright size), or None.
+
+    None for an empty field and until the worker has started on this file (it records the
+    placeholder before the first rendition). Served by the same cached lookup, and the
+    same prefetch, as `get_renditions`.
+    """
+    entry = registered_field(fieldfile)
+    name = fieldfile.name or ""
+    instance = fieldfile.instance
+    if not name or instance.pk is None:
+        return None
+    _, placeholder = _entry(entry, instance, name)
+    return Placeholder(*placeholder) if placeholder is not None else None
 
 
 def get_rendition(fieldfile: FieldFile, spec: str) -> RenditionInfo | None:
@@ -158,29 +191,53 @@ def _entry_for(model: type[models.Model], field_name: str) -> RegisteredField:
     )
 
 
-def _prefetched(instance: models.Model, field: str, name: str) -> Sequence[Row] | None:
-    loaded: dict[str, dict[str, Sequence[Row]]] = instance.__dict__.get(PREFETCH_ATTRIBUTE, {})
-    return loaded.get(field, {}).get(name)
+def _entry(entry: RegisteredField, instance: models.Model, name: str) -> Entry:
+    loaded: dict[str, dict[str, Entry]] = instance.__dict__.get(PREFETCH_ATTRIBUTE, {})
+    prefetched = loaded.get(entry.name, {}).get(name)
+    if prefetched is not None:
+        return prefetched
+    return _lookup(entry, str(instance.pk), name)
 
 
-def _lookup(entry: RegisteredField, object_id: str, name: str) -> Sequence[Row]:
+def _lookup(entry: RegisteredField, object_id: str, name: str) -> Entry:
     content_type = ContentType.objects.get_for_model(entry.model)
     key = cache.renditions_key(content_type.pk, object_id, entry.name, name)
     store = cache.lookup_cache()
-    # An empty tuple is a cached "none ready"; only None is a miss.
-    cached: Sequence[Row] | None = store.get(key)
+    # Only None is a miss; an entry with no renditions is a cached "none ready".
+    cached: Entry | None = store.get(key)
     if cached is not None:
         return cached
-    ready = Rendition.objects.filter(
-        source__content_type=content_type,
-        source__object_id=object_id,
-        source__field=entry.name,
-        source_name=name,
-        state=State.READY,
-    ).values_list(*_COLUMNS)
-    rows = tuple(_row(values) for values in ready)
-    store.set(key, rows, _timeout(store, entry, rows))
-    return rows
+    loaded = _load(content_type, [object_id], entry.name)
+    found = loaded.get((object_id, name), ((), None))
+    store.set(key, found, _timeout(store, entry, found[0]))
+    return found
+
+
+def _load(
+    content_type: ContentType, object_ids: Iterable[str], field: str
+) -> dict[tuple[str, str], Entry]:
+    """The entries of these rows' field, keyed (object id, file name), in one query.
+
+    A version's renditions are those made from the file its state row follows; so is its
+    placeholder. Rows of a file the state does not follow yet have no entry (a miss).
+    """
+    joined = (
+        Source.objects.filter(
+            content_type=content_type, object_id__in=list(object_ids), field=field
+        )
+        .annotate(ready=FilteredRelation("renditions", condition=Q(renditions__state=State.READY)))
+        .values_list("object_id", "name", *_PLACEHOLDER_COLUMNS, "ready__source_name", *_JOINED)
+    )
+    rows: dict[tuple[str, str], list[Row]] = {}
+    placeholders: dict[tuple[str, str], PlaceholderRow | None] = {}
+    for object_id, name, color, uri, width, height, made_from, *values in joined:
+        version = (object_id, name)
+        complete = bool(color and uri and width and height)
+        placeholders[version] = (color, uri, width, height) if complete else None
+        collected = rows.setdefault(version, [])
+        if made_from == name and values[0]:  # renditions of another file are not current
+            collected.append(_row(values))
+    return {version: (tuple(rows[version]), placeholders[version]) for version in rows}
 
 
 def _prefetch(entry: RegisteredField, instances: Sequence[models.Model]) -> None:
@@ -198,28 +255,18 @@ def _prefetch(entry: RegisteredField, instances: Sequence[models.Model]) -> None
     }
     store = cache.lookup_cache()
     cached = store.get_many(keys.values())
-    found: dict[tuple[str, str], Sequence[Row]] = {
+    found: dict[tuple[str, str], Entry] = {
         version: cached[key] for version, key in keys.items() if key in cached
     }
     missing = [version for version in versions if version not in found]
     if missing:
-        loaded: dict[tuple[str, str], list[Row]] = {version: [] for version in missing}
-        ready = Rendition.objects.filter(
-            source__content_type=content_type,
-            source__object_id__in={object_id for object_id, _ in missing},
-            source__field=entry.name,
-            state=State.READY,
-        ).values_list("source__object_id", "source_name", *_COLUMNS)
-        for object_id, source_name, *values in ready:
-            current = loaded.get((object_id, source_name))
-            if current is not None:  # renditions of another file are not current
-                current.append(_row(values))
+        loaded = _load(content_type, {object_id for object_id, _ in missing}, entry.name)
         # Empty results are cached too, so that a warm page costs no query at all.
-        by_timeout: dict[float | None, dict[str, tuple[Row, ...]]] = {}
-        for version, collected in loaded.items():
-            rows = tuple(collected)
-            found[version] = rows
-            by_timeout.setdefault(_timeout(store, entry, rows), {})[keys[version]] = rows
+        by_timeout: dict[float | None, dict[str, Entry]] = {}
+        for version in missing:
+            value = loaded.get(version, ((), None))
+            found[version] = value
+            by_timeout.setdefault(_timeout(store, entry, value[0]), {})[keys[version]] = value
         for timeout, entries in by_timeout.items():
             store.set_many(entries, timeout)
     for version, holders in versions.items():

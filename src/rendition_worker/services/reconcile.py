@@ -32,6 +32,8 @@ from django.utils import timezone
 
 from rendition_worker import registry
 from rendition_worker.conf import RenditionSettings, get_settings
+from rendition_worker.core.analysis import Focus
+from rendition_worker.core.focal import FocalMode, stored_focal_box
 from rendition_worker.core.planner import (
     COUNTS,
     Naming,
@@ -403,6 +405,10 @@ def _content_type_id_of(model_label: str) -> int:
     return ContentType.objects.get_by_natural_key(app_label, model).pk
 
 
+def _placement(stored: object, mode: FocalMode) -> str:
+    return Focus(stored_focal_box(stored), mode).placement
+
+
 def _model_label(content_type_id: int) -> str:
     content_type = ContentType.objects.get_for_id(content_type_id)
     return f"{content_type.app_label}.{content_type.model}"
@@ -412,30 +418,36 @@ def _recorded(entry: RegisteredField, object_ids: list[str]) -> dict[SourceRef, 
     """The state and rendition rows of these rows' `entry` field (two queries)."""
     sources = Source.objects.filter(
         content_type_id=_content_type_id(entry), field=entry.name, object_id__in=object_ids
-    ).values_list("pk", "object_id", "name", "state", "digest")
+    ).values_list("pk", "object_id", "name", "state", "digest", "focal_point")
     return _with_renditions(
-        {pk: (_ref(entry, oid), name, state, digest) for pk, oid, name, state, digest in sources}
+        {
+            pk: (_ref(entry, oid), name, state, digest, focal)
+            for pk, oid, name, state, digest, focal in sources
+        }
     )
 
 
 def _recorded_by_pk(refs: dict[int, SourceRef]) -> dict[SourceRef, RecordedSource]:
     if not refs:
         return {}
-    sources = Source.objects.filter(pk__in=list(refs)).values_list("pk", "name", "state", "digest")
+    sources = Source.objects.filter(pk__in=list(refs)).values_list(
+        "pk", "name", "state", "digest", "focal_point"
+    )
     return _with_renditions(
-        {pk: (refs[pk], name, state, digest) for pk, name, state, digest in sources}
+        {pk: (refs[pk], name, state, digest, focal) for pk, name, state, digest, focal in sources}
     )
 
 
 def _with_renditions(
-    sources: dict[int, tuple[SourceRef, str, str, str]],
+    sources: dict[int, tuple[SourceRef, str, str, str, Any]],
 ) -> dict[SourceRef, RecordedSource]:
     rows: dict[int, list[RecordedRendition]] = {pk: [] for pk in sources}
     for pk, source_id, spec, made_from, state, name, fmt in Rendition.objects.filter(
         source_id__in=list(sources)
     ).values_list("pk", "source_id", "spec", "source_name", "state", "name", "format"):
         rows[source_id].append(RecordedRendition(pk, spec, made_from, state, name, fmt))
+    mode = get_settings().focal_point
     return {
-        ref: RecordedSource(name, state, digest, tuple(rows[pk]))
-        for pk, (ref, name, state, digest) in sources.items()
+        ref: RecordedSource(name, state, digest, tuple(rows[pk]), _placement(focal, mode))
+        for pk, (ref, name, state, digest, focal) in sources.items()
     }

@@ -74,6 +74,11 @@ def _pending(name: str) -> dict[str, object]:
         "started_at": None,
         "finished_at": None,
         "render_ms": None,
+        # A focal point, subject and placeholder belong to one file: a new one starts over.
+        "focal_point": None,
+        "subject": None,
+        "placeholder_color": "",
+        "placeholder_uri": "",
     }
 
 

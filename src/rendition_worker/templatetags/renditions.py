@@ -1,7 +1,9 @@
 """`{% picture %}`, `{% rendition_url %}` and `{% srcset %}`: ready renditions, never a wait.
 
 Only ready renditions are listed. While a set's fallback is not ready, the original is
-shown instead, so a page never waits for the worker. A set or spec the field is not
+shown instead, so a page never waits for the worker. `{% picture %}` paints the source's
+placeholder (its colour, or its blurred preview) as the `<img>`'s background, so that the
+layout and colour are there before the image loads. A set or spec the field is not
 configured with raises `ValueError` when rendered: that is a developer's mistake, and
 requests can never make the worker generate arbitrary specs.
 """
@@ -22,7 +24,9 @@ from rendition_worker.conf import get_settings
 from rendition_worker.core.encoding import MEDIA_TYPES
 from rendition_worker.core.specs import FORMATS, Spec
 from rendition_worker.services.lookups import (
+    Placeholder,
     RenditionInfo,
+    get_placeholder,
     get_rendition,
     get_renditions,
     registered_field,
@@ -40,6 +44,11 @@ IMG_FORMATS = ("jpeg", "png", "webp", "avif")
 DEFAULT_SIZES = "100vw"
 # The tag computes these from the renditions; a template cannot override them.
 COMPUTED_ATTRIBUTES = frozenset({"src", "srcset"})
+# `placeholder=` of `{% picture %}`: what is painted under the <img> while it loads.
+PLACEHOLDERS = ("color", "blur", "none")
+DEFAULT_PLACEHOLDER = "color"
+_COLOR = re.compile("#[0-9a-f]{6}")
+_DATA_URI = re.compile("data:image/(?:webp|png|jpeg);base64,[A-Za-z0-9+/]+=*")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_:][-A-Za-z0-9_:.]*")
 _KEYWORD_ARGUMENT = re.compile(r"([A-Za-z_:][-A-Za-z0-9_:.]*)=(.+)", re.DOTALL)
 
@@ -49,12 +58,19 @@ def picture_html(
 ) -> SafeString:
     """The `<picture>` of one set of a field's current file; '' for an empty field.
 
-    `attributes`: `alt` (default ''), `sizes` (default 100vw, also on each `<source>`), and
-    any other HTML attribute for the `<img>`; one the tag sets itself (`loading`,
-    `decoding`, `width`, `height`) is replaced, so `loading="eager"` works for a hero image.
+    `attributes`: `alt` (default ''), `sizes` (default 100vw, also on each `<source>`),
+    `placeholder` ("color", the default, "blur" or "none": what the `<img>`'s inline
+    background shows while it loads), and any other HTML attribute for the `<img>`; one
+    the tag sets itself (`loading`, `decoding`, `width`, `height`) is replaced, so
+    `loading="eager"` works for a hero image; a `style` is kept after the placeholder's.
     A value of None or False leaves the attribute out, True writes it bare.
     """
     extra = dict(attributes or {})
+    placeholder_kind = extra.pop("placeholder", DEFAULT_PLACEHOLDER)
+    if placeholder_kind not in PLACEHOLDERS:
+        raise ValueError(
+            f"placeholder={placeholder_kind!r} is not one of {', '.join(PLACEHOLDERS)}"
+        )
     _check_attribute_names(extra)
     entry = registered_field(fieldfile)
     specs = get_settings().set_specs(entry.key, set_name)
@@ -63,14 +79,21 @@ def picture_html(
     sizes = extra.pop("sizes", DEFAULT_SIZES)
     alt = extra.pop("alt", "")
     ready = get_renditions(fieldfile)
+    placeholder = get_placeholder(fieldfile) if placeholder_kind != "none" else None
+    if placeholder is not None:
+        extra["style"] = _background(placeholder, placeholder_kind, extra.get("style")) or None
     in_set = [(spec, ready[str(spec)]) for spec in specs if str(spec) in ready]
     img_format = _img_format(specs, in_set)
     fallback = _by_width(rendition for _, rendition in in_set if rendition.format == img_format)
     if not fallback:
-        # Pending (or failed): the original, without width/height, because the cheap ones
-        # (ImageField's width_field) are the stored size, not the EXIF-upright one, and
-        # would distort a rotated photo; finding the real ones means opening the file.
-        plain = {"src": fieldfile.url, "alt": alt, "loading": "lazy", "decoding": "async"}
+        # Pending (or failed): the original, without width/height unless the worker has
+        # recorded the upright ones with the placeholder: the cheap ones (ImageField's
+        # width_field) are the stored size, not the EXIF-upright one, and would distort a
+        # rotated photo.
+        plain: dict[str, object] = {"src": fieldfile.url, "alt": alt}
+        if placeholder is not None:
+            plain.update(width=placeholder.width, height=placeholder.height)
+        plain.update(loading="lazy", decoding="async")
         return _tag("img", plain, extra)
     sources = []
     for fmt in MODERN_FORMATS:
@@ -170,6 +193,22 @@ def srcset_tag(fieldfile: FieldFile, set_name: str, fmt: str) -> str:
     if not fieldfile and not isinstance(fieldfile, FieldFile):
         return ""
     return srcset_value(fieldfile, set_name, fmt)
+
+
+def _background(placeholder: Placeholder, kind: str, style: object) -> str:
+    # The worker writes a hex colour and a base64 URI; anything else (a row edited by
+    # hand) is left out rather than written into a style.
+    painted = ""
+    if _COLOR.fullmatch(placeholder.color):
+        painted = f"background-color:{placeholder.color}"
+    if kind == "blur" and _DATA_URI.fullmatch(placeholder.data_uri):
+        image = f"background-image:url({placeholder.data_uri});background-size:cover"
+        painted = f"{painted};{image}" if painted else image
+    if not painted:
+        return str(style) if style else ""
+    if style:
+        return f"{painted};{style}"
+    return painted
 
 
 def _check_attribute_names(attributes: Mapping[str, object]) -> None:
