@@ -38,29 +38,31 @@ def change_record(
 
     `new` None or '' means the row was deleted or the field cleared; `overwritten`, that a
     new file was uploaded under the old name. Returns the message to publish after commit.
-    A failure is logged and never breaks the user's save.
+    Both INSERTs (the retired original's tombstone, the intent) share one savepoint: a
+    failure is logged, the message goes out without a record, and the save goes on.
     """
     retire = bool(old) and old != new and get_settings().delete_originals
-    if retire:
-        try:
-            with outbox.savepoint(using):
-                tombstones_add(registry.original_storage_ref(entry), [old], Tombstone.Kind.ORIGINAL)
-        except DatabaseError:
-            logger.exception(
-                "rendition-worker could not record %r of %s.%s for deletion; it stays in storage",
-                old,
-                entry.model._meta.label,
-                entry.name,
-            )
-            retire = False
-    return outbox.intent_record(
-        entry,
-        object_id,
-        new,
-        using=using,
-        overwritten=overwritten,
-        retired_original=retire,
+    intent = outbox.intent_new(
+        entry, object_id, new, overwritten=overwritten, retired_original=retire
     )
+    try:
+        with outbox.savepoint(using):
+            if retire:
+                tombstones_add(registry.original_storage_ref(entry), [old], Tombstone.Kind.ORIGINAL)
+            outbox.intent_insert(intent, using)
+    except DatabaseError:
+        logger.exception(
+            "rendition-worker could not record the change of %s pk=%s field %s (%r -> %r); "
+            "the old original stays in storage and the work is published without a record",
+            entry.model._meta.label,
+            object_id,
+            entry.name,
+            old,
+            new,
+        )
+        intent.pk = None
+        intent.retired_original = False
+    return outbox.intent_message(intent)
 
 
 def change_publish(message: outbox.Message) -> None:

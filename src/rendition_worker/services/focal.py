@@ -2,8 +2,9 @@
 
 The box is stored on the source's state row, so it belongs to that file alone (a new file
 starts without one). Cropping renditions carry the box in their names, so after a change
-the worker finds exactly those out of date: it renders them under new names through the
-interactive lane (through the outbox) and tombstones the old files (DELETE_DELAY applies); the others stay.
+the worker finds exactly those out of date: it renders them under new names, asked for
+through the outbox on the interactive lane, and tombstones the old files (DELETE_DELAY
+applies); the others stay.
 """
 
 from __future__ import annotations

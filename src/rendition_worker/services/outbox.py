@@ -66,27 +66,20 @@ class Message:
     lane: str
 
 
-def intent_record(
+def intent_new(
     entry: RegisteredField,
     object_id: str,
     name: str | None,
     *,
-    using: str,
     overwritten: bool = False,
     retired_original: bool = False,
     force: bool = False,
     lane: str = broker.INTERACTIVE,
-) -> Message:
-    """In the changing transaction: record the work for `name` ('' or None: forget the row).
-
-    Returns the message to publish after the commit. If the intent cannot be written it is
-    logged and the message goes out without one (the reconciliation is the safety net):
-    a failure here never breaks the user's save.
-    """
-    action = Intent.Action.GENERATE if name else Intent.Action.FORGET
+) -> Intent:
+    """An unsaved intent for the work on `name` ('' or None: forget the row)."""
     now = timezone.now()
-    intent = Intent(
-        action=action,
+    return Intent(
+        action=Intent.Action.GENERATE if name else Intent.Action.FORGET,
         lane=lane,
         model=entry.model_label,
         object_id=object_id,
@@ -98,9 +91,26 @@ def intent_record(
         created_at=now,
         due_at=now + timedelta(seconds=get_settings().relay_after),
     )
+
+
+def intent_record(
+    entry: RegisteredField,
+    object_id: str,
+    name: str | None,
+    *,
+    using: str,
+    force: bool = False,
+    lane: str = broker.INTERACTIVE,
+) -> Message:
+    """In the current transaction: record the work for `name`; the message to publish.
+
+    If the intent cannot be written it is logged and the message goes out without one (the
+    reconciliation is the safety net): a failure here never breaks the caller's transaction.
+    """
+    intent = intent_new(entry, object_id, name, force=force, lane=lane)
     try:
         with savepoint(using):
-            intent.save(using=using, force_insert=True)
+            intent_insert(intent, using)
     except DatabaseError:
         logger.exception(
             "rendition-worker could not record the work for %s pk=%s field %s; "
@@ -111,6 +121,11 @@ def intent_record(
         )
         intent.pk = None
     return intent_message(intent)
+
+
+def intent_insert(intent: Intent, using: str) -> None:
+    """INSERT the intent (its id set): one statement, no model signals."""
+    Intent.objects.using(using).bulk_create([intent])
 
 
 def work_request(
