@@ -157,6 +157,7 @@ def configure_django(db_name: str, media: Path, *, migrate: bool) -> None:
             "FIELDS": {FIELD_KEY: ["bench"]},
             "ORPHAN_GRACE": 0,
             "QUEUE": f"rw-bench-reconcile-{os.getpid()}",
+            "BULK_QUEUE": f"rw-bench-reconcile-{os.getpid()}.bulk",
         },
     )
     settings.configure(**values)
@@ -477,9 +478,87 @@ def child_full(*, extras: bool) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "report": report.as_dict()}
 
 
+# Messages a second the stand-in workers of `child_enqueue` take off the bulk queue: slower
+# than the reconciler enqueues, so the queue fills up to its bound.
+DRAIN_PER_SECOND = 500
+
+
+def child_enqueue(*, extras: bool) -> dict[str, Any]:
+    """Phase required for real, enqueueing onto a Redis bulk queue that drains slowly.
+
+    Twice: as `renditions reconcile` enqueues (`tasks.PacedBackfill`), then with the beat
+    chain's rule (a step only while fewer than BULK_MAX_QUEUED wait); the queue's length is
+    sampled meanwhile. Not a dry run: it deletes the obsolete rows, so it runs last.
+    """
+    import threading
+
+    import redis
+    import tests.celery_app  # noqa: F401  # the app the shared tasks publish through
+    from django.conf import settings as django_settings
+
+    from rendition_worker import tasks
+    from rendition_worker.conf import get_settings
+    from rendition_worker.services.reconcile import Cursor, Reconciler
+
+    queue = get_settings().bulk_queue
+    client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    client.delete(queue)
+    longest = [0]
+    stop = threading.Event()
+
+    def drain() -> None:
+        # Stand-in workers: take messages off the queue at a fixed rate, and sample.
+        tick = 0.01
+        while not stop.wait(tick):
+            client.rpop(queue, max(1, int(DRAIN_PER_SECOND * tick)))
+            longest[0] = max(longest[0], int(client.llen(queue)))
+
+    def required_phase(enqueue: Any, before_step: Any = None) -> dict[str, Any]:
+        longest[0] = 0
+        reconciler = Reconciler(enqueue=enqueue)
+        enqueued = 0
+        cursor: Cursor | None = {"phase": "required"}
+        started = time.perf_counter()
+        while cursor is not None and cursor["phase"] == "required":
+            if before_step is not None:
+                before_step()
+            counts, cursor = reconciler.step(cursor)
+            enqueued += counts["enqueued"]
+        # Until the queue is empty, so that the next run starts from nothing.
+        while client.llen(queue):
+            time.sleep(0.05)
+        return {
+            "enqueued": enqueued,
+            "longest": longest[0],
+            "seconds": time.perf_counter() - started,
+        }
+
+    def chain_rule() -> None:
+        while (
+            waiting := tasks.bulk_waiting()
+        ) is None or waiting >= get_settings().bulk_max_queued:
+            time.sleep(0.2)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    try:
+        command = required_phase(tasks.PacedBackfill())
+        chain = required_phase(tasks.enqueue_backfill, chain_rule)
+    finally:
+        stop.set()
+        drainer.join()
+        client.delete(queue)
+    return {
+        "command": command,
+        "chain": chain,
+        "bulk_max_queued": get_settings().bulk_max_queued,
+        "check_every": tasks.PacedBackfill.CHECK_EVERY,
+    }
+
+
 # Each takes `extras`: whether to run its extra measurements after the timed part (off
 # under a profiler, so that a profile shows the timed part alone).
-CHILDREN = {"db": child_db, "files": child_files, "full": child_full}
+CHILDREN = {"db": child_db, "files": child_files, "full": child_full, "enqueue": child_enqueue}
 
 
 def run_child_here(mode: str, db_name: str, media: Path, profile: Path | None) -> None:
@@ -894,6 +973,30 @@ def _cells(values: dict[str, int]) -> str:
     return "".join(f" {values[key]:>9,}" if key in values else f" {'-':>9}" for key in COUNT_KEYS)
 
 
+def report_backpressure(result: dict[str, Any], pairs: int) -> list[str]:
+    """Print the bulk queue's longest length per enqueueing path against its bound."""
+    limit, batch = result["bulk_max_queued"], result["batch"]
+    print(
+        f"\nBackpressure at {pairs:,} pairs (phase required for real; the bulk queue on Redis "
+        f"drained at {DRAIN_PER_SECOND}/s by stand-in workers; BULK_MAX_QUEUED {limit}):"
+    )
+    failures = []
+    paths = (
+        ("renditions reconcile", result["command"], limit + result["check_every"], "checks"),
+        ("beat chain's rule", result["chain"], limit + batch, "batch"),
+    )
+    for label, figures, bound, per in paths:
+        passed = figures["longest"] <= bound
+        if not passed:
+            failures.append(f"{label}: bulk queue reached {figures['longest']} > {bound}")
+        print(
+            f"  {label:22s} enqueued {figures['enqueued']:,} in {figures['seconds']:.1f} s, "
+            f"longest bulk queue {figures['longest']:,} (bound {limit} + one {per} = {bound}) "
+            f"{'PASS' if passed else 'FAIL'}"
+        )
+    return failures
+
+
 def main() -> None:
     """Parse arguments; create and load a database per size; measure; report; clean up."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -959,6 +1062,7 @@ def main() -> None:
                 profile_misses(result, workdir, always=args.profile)
         failures = evaluate(results)
         print_report(results)
+        failures += report_backpressure(run_child("enqueue", sizes[-1]), sizes[-1].pairs)
     finally:
         if configured:
             from django.db import connections
