@@ -299,14 +299,14 @@ class Dataset:
                 expected.required += SPECS_PER_SOURCE
             sources.write(
                 f"{source.pk}\t{self.content_type_id}\t{source.object_id}\timage\t"
-                f"{source.name}\t{source.digest}\tready\t\t\t{STAMP}\n"
+                f"{source.name}\t{source.digest}\tready\t\t\t{STAMP}\t\t\n"
             )
         with psycopg.connect(**dsn) as connection, connection.cursor() as cursor:
             _copy(cursor, "testapp_photo (id, title, image, cover)", [photos.getvalue()])
             _copy(
                 cursor,
                 "rendition_worker_source (id, content_type_id, object_id, field, name, digest,"
-                " state, error, claim, updated_at)",
+                " state, error, claim, updated_at, placeholder_color, placeholder_uri)",
                 [sources.getvalue()],
             )
             _copy(
@@ -982,8 +982,13 @@ def report_backpressure(result: dict[str, Any], pairs: int) -> list[str]:
     )
     failures = []
     paths = (
-        ("renditions reconcile", result["command"], limit + result["check_every"], "checks"),
-        ("beat chain's rule", result["chain"], limit + batch, "batch"),
+        (
+            "renditions reconcile",
+            result["command"],
+            limit + result["check_every"],
+            "enqueues between checks",
+        ),
+        ("beat chain's rule", result["chain"], limit + batch, "step's batch"),
     )
     for label, figures, bound, per in paths:
         passed = figures["longest"] <= bound
@@ -991,7 +996,7 @@ def report_backpressure(result: dict[str, Any], pairs: int) -> list[str]:
             failures.append(f"{label}: bulk queue reached {figures['longest']} > {bound}")
         print(
             f"  {label:22s} enqueued {figures['enqueued']:,} in {figures['seconds']:.1f} s, "
-            f"longest bulk queue {figures['longest']:,} (bound {limit} + one {per} = {bound}) "
+            f"longest bulk queue {figures['longest']:,} (bound {limit} + {per} = {bound}) "
             f"{'PASS' if passed else 'FAIL'}"
         )
     return failures
