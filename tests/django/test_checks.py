@@ -37,6 +37,9 @@ DESIGN_EXAMPLE = {
     "DELETE_ORIGINALS": True,
     "MAX_PIXELS": 100_000_000,
     "QUEUE": "renditions",
+    "BULK_QUEUE": "renditions.bulk",
+    "BULK_MAX_QUEUED": 1000,
+    "RELAY_AFTER": 60,
     "RECONCILE_EVERY": 3600,
     "ORPHAN_GRACE": 3600,
     "CACHE": "default",
@@ -228,6 +231,32 @@ CASES: list[tuple[str, object, set[str], str]] = [
         {"rendition_worker.E006"},
         "is a ForeignKey",
     ),
+    # E003: the lanes' settings
+    (
+        "bulk-queue-empty",
+        {**VALID, "BULK_QUEUE": ""},
+        {"rendition_worker.E003"},
+        "['BULK_QUEUE'] must be a non-empty string, not ''",
+    ),
+    (
+        "bulk-max-queued-zero",
+        {**VALID, "BULK_MAX_QUEUED": 0},
+        {"rendition_worker.E003"},
+        "['BULK_MAX_QUEUED'] must be a whole number >= 1, not 0",
+    ),
+    (
+        "relay-after-string",
+        {**VALID, "RELAY_AFTER": "60"},
+        {"rendition_worker.E003"},
+        "['RELAY_AFTER'] must be a whole number >= 1, not '60'",
+    ),
+    # E009: both lanes on one queue
+    (
+        "lanes-on-one-queue",
+        {**VALID, "BULK_QUEUE": VALID["QUEUE"]},
+        {"rendition_worker.E009"},
+        "a backfill would delay every fresh upload",
+    ),
     # E008: aliases
     (
         "storage-unknown",
@@ -295,7 +324,7 @@ def test_misconfiguration_is_reported(
 def test_every_check_id_is_covered() -> None:
     covered = {check_id for _, _, ids, _ in CASES for check_id in ids}
     # E007 needs a Pillow without an encoder: see the tests below.
-    assert covered | {"rendition_worker.E007"} == {f"rendition_worker.E00{n}" for n in range(1, 9)}
+    assert covered | {"rendition_worker.E007"} == {f"rendition_worker.E00{n}" for n in range(1, 10)}
 
 
 def test_unknown_key_hint_lists_the_accepted_keys(settings: Any) -> None:
@@ -381,3 +410,31 @@ def test_valid_settings_pass(value: object, settings: Any) -> None:
 def test_the_project_passes_manage_py_check() -> None:
     call_command("check")
     assert rendition_errors() == []
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "options", "warned"),
+    [
+        ("redis://127.0.0.1:6379/0", {}, True),
+        ("rediss://cache.example:6380/0", {"queue_order_strategy": "round_robin"}, True),
+        ("redis://127.0.0.1:6379/0", {"queue_order_strategy": "sorted"}, True),
+        ("redis://127.0.0.1:6379/0", {"queue_order_strategy": "priority"}, False),
+        ("amqp://guest@127.0.0.1//", {}, False),  # not Redis: the README says what holds
+        ("filesystem://", {}, False),
+    ],
+)
+def test_a_redis_broker_that_would_take_the_lanes_in_turns_is_warned_about(
+    broker_url: str, options: dict[str, str], warned: bool
+) -> None:
+    from celery import Celery
+
+    from rendition_worker.checks import check_lane_order
+
+    app = Celery("site", set_as_current=False)
+    app.conf.update(broker_url=broker_url, broker_transport_options=options)
+    warnings = check_lane_order(app)
+    assert [warning.id for warning in warnings] == (["rendition_worker.W001"] if warned else [])
+    if warned:
+        assert not warnings[0].is_serious()
+        assert "queue_order_strategy" in warnings[0].hint
+        assert "fresh uploads wait behind a backfill" in warnings[0].msg
