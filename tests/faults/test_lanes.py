@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.management import call_command
 
 from rendition_worker import tasks
 from rendition_worker.cache import lookup_cache
@@ -202,3 +204,33 @@ def test_a_publish_the_broker_lost_is_published_again_by_the_relay(stage: Stage)
     )
     assert summary == {"status": "duplicate"}
     assert worker.alive()
+
+
+def test_renditions_generate_waits_while_the_bulk_lane_is_full(stage: Stage) -> None:
+    stage.configure({"BULK_MAX_QUEUED": 3})
+    photos = _bulk_photos(stage, 9)
+    client = stage.redis.client(2)
+    out, err = io.StringIO(), io.StringIO()
+    longest = [0]
+    app = stage.app
+    assert app is not None
+
+    def generate() -> None:
+        app.set_current()  # Celery's current app is per thread; a command has the site's
+        call_command("renditions", "generate", stdout=out, stderr=err)
+
+    command = threading.Thread(target=generate)
+    command.start()
+    # No worker yet: it enqueues up to the limit (checked every BULK_MAX_QUEUED enqueues
+    # at most) and then waits, saying so.
+    wait_until(lambda: "waiting for the workers" in err.getvalue(), "the command to wait")
+    assert command.is_alive()
+    assert 3 <= client.llen(stage.bulk_queue) <= 6
+    stage.worker()
+    while command.is_alive():
+        longest[0] = max(longest[0], int(client.llen(stage.bulk_queue)))
+        command.join(0.02)
+    assert out.getvalue().strip() == f"enqueued 9 sources on the bulk lane {stage.bulk_queue!r}"
+    assert "tasks wait on the bulk lane" in err.getvalue()
+    assert longest[0] <= 6
+    wait_until(lambda: all_ready(len(photos)), "every photo generated")
