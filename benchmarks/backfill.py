@@ -200,6 +200,8 @@ def backfill(
     from rendition_worker.cache import lookup_cache
     from rendition_worker.conf import get_settings
 
+    # The demo's cache (CACHE_URL) outlives an interrupted run, and with it a chain's lock.
+    lookup_cache().delete(tasks.RECONCILE_LOCK)
     sampler.recording = True
     started = time.monotonic()
     tasks.reconcile.apply_async(queue=get_settings().bulk_queue)

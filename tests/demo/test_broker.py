@@ -91,3 +91,34 @@ def test_messages_go_through_whole_and_in_the_order_sent(
     assert received == [{"number": number, "text": "x" * 10_000} for number in range(COUNT)]
     assert names(tmp_path / "broker" / "queue") == []
     assert len(names(tmp_path / "broker" / "processed")) == COUNT
+
+
+def test_a_consumer_of_both_lanes_takes_the_first_one_while_it_has_messages(
+    connection: Connection,
+) -> None:
+    from kombu import Consumer, Queue
+
+    channel = connection.default_channel
+    interactive, bulk = (
+        Queue("renditions", channel=channel),
+        Queue("renditions.bulk", channel=channel),
+    )
+    for queue in (interactive, bulk):
+        queue.declare()
+    # A backfill queued first, then two fresh uploads.
+    with connection.Producer() as producer:
+        for number in range(5):
+            producer.publish({"bulk": number}, routing_key="renditions.bulk", declare=[bulk])
+        for number in range(2):
+            producer.publish({"fresh": number}, routing_key="renditions", declare=[interactive])
+    received: list[dict[str, int]] = []
+
+    def take(body: dict[str, int], message: object) -> None:
+        received.append(body)
+        message.ack()  # type: ignore[attr-defined]
+
+    with Consumer(connection, [interactive, bulk], callbacks=[take], prefetch_count=1):
+        while len(received) < 7:
+            connection.drain_events(timeout=10)
+    # Kombu's own virtual channels would take the queues in turns (bulk, fresh, bulk, ...).
+    assert received == [{"fresh": 0}, {"fresh": 1}, *({"bulk": n} for n in range(5))]
