@@ -360,6 +360,17 @@ def test_rendering_is_deterministic(alpha: bool, workers: int) -> None:
     assert [spec for spec in first if first[spec] != second[spec]] == []
 
 
+def test_bytes_do_not_depend_on_the_number_of_workers() -> None:
+    # Workers decide the AV1 encoder's threads too, and threads are not part of a name.
+    data = encoded(photo_like(640, 480), "JPEG").getvalue()
+    specs = [f"width-{w}|format-{fmt}" for w in (320, 640) for fmt in ("avif", "webp", "jpeg")]
+    outputs = {
+        workers: {str(r.spec): r.data for r in render_all(io.BytesIO(data), specs, workers=workers)}
+        for workers in (1, 4)
+    }
+    assert outputs[1] == outputs[4]
+
+
 def metadata_sources() -> dict[str, io.BytesIO]:
     """The same picture with EXIF, an ICC profile, XMP and text, in three containers."""
     picture = photo_like(64, 48)
