@@ -6,6 +6,7 @@ import io
 import random
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -450,6 +451,17 @@ def test_encodes_over_the_memory_budget_still_run() -> None:
     worker.join(HANG_GUARD_SECONDS)
     assert not worker.is_alive(), "encodes costlier than the budget never started"
     assert sorted(str(rendered.spec) for rendered in outputs) == sorted(specs)
+
+
+def test_the_decoded_source_is_freed_before_the_first_rendition_comes_out() -> None:
+    # The decoded source is the largest buffer; the encoders must not allocate beside it.
+    specs = [parse_spec(f"width-{w}|format-{fmt}") for w in (100, 200) for fmt in FORMATS]
+    rendering = render(encoded(photo_like(400, 300), "JPEG"), specs)
+    source = weakref.ref(rendering._pixels)
+    outputs = iter(rendering)
+    next(outputs)
+    assert source() is None
+    assert len(list(outputs)) == len(specs) - 1
 
 
 def test_a_rendering_iterates_once() -> None:

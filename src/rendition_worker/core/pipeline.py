@@ -49,9 +49,9 @@ from rendition_worker.core.specs import Spec
 # at least this gap, then applies Lanczos; at 3 the result is indistinguishable from a full
 # Lanczos resize and several times faster on camera-sized sources.
 REDUCING_GAP = 3.0
-# Output pixels per band of a banded resize: bounds the intermediate copies (horizontal pass
-# and band, 4 bytes a pixel each) to about 2.5 MB per band and core.
-BAND_PIXELS = 250_000
+# Output pixels per band of a banded resize: bounds the intermediate copy to about 4 MB.
+# (Quarter-size bands measured no lower peak: freed bands stay in glibc's per-thread heaps.)
+BAND_PIXELS = 1_000_000
 # Working memory of one encode per output pixel, measured on 2560x1920 and 1920x1440 photos
 # (anonymous RSS growth, benchmarks/pipeline.py --breakdown): SVT-AV1 123 MB at 2560 px
 # (aom 116, rav1e 102; a third of it is libavif's and pillow-avif's copies), WebP method 2
