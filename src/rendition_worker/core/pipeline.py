@@ -218,11 +218,14 @@ class Rendering:
         self, pool: BudgetPool, image: Image.Image, output: _Output
     ) -> Future[tuple[bytes, float]]:
         avif = output.format == "avif"
-        # AVIF encodes run one at a time (see encoding._AVIF_LOCK) on a lane of their own
-        # with one thread fewer than the pool, so that the other encoders keep a core.
-        threads = max(1, self._options.workers - 1) if avif else 1
-        job = functools.partial(_encode_job, image, output, self._options.encoder, threads)
         cost = _encode_cost(output, image.mode)
+        workers = self._options.workers
+        # AVIF encodes run one at a time (see encoding._AVIF_LOCK) on a lane of their own
+        # with one thread fewer than the pool, so that the other encoders keep a core; one
+        # over the budget runs alone, so it gets every thread.
+        alone = cost > self._options.memory_budget
+        threads = (workers if alone else max(1, workers - 1)) if avif else 1
+        job = functools.partial(_encode_job, image, output, self._options.encoder, threads)
         return pool.submit(job, cost=cost, lane="avif" if avif else None)
 
     def _largest(self, box: Box, size: Size, pool: BudgetPool) -> Image.Image:
