@@ -410,7 +410,8 @@ def main() -> None:
     print_table(rows)
     huge_met = bench_huge(args.corpus, args.repeat) if args.huge else True
     if args.breakdown:
-        print_breakdown(photos[0])
+        large = [row["photo"] for row in rows if row["megapixels"] * 1e6 >= TARGET_MIN_PIXELS]
+        print_breakdown(args.corpus / "photos" / (large or [photos[0].name])[0])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     # A peer that cannot read a photo is reported, not held against us; ours must read all.

@@ -83,8 +83,7 @@ class RenderOptions:
     workers: int = 2
     # Bytes the encoders running at once may use (estimated, see ENCODER_BYTES_PER_PIXEL);
     # an encode larger than this runs alone. 140 MB lets a 2560 px AVIF (123 MB) run beside
-    # a 1920 px WebP or a 2560 px JPEG, not beside a 2560 px WebP: 12 MP photos render in
-    # about 4.5x the decoded copy's memory instead of 5x, at about the same speed.
+    # a 1920 px WebP or a 2560 px JPEG, not beside a 2560 px WebP (29 MB).
     memory_budget: int = 140_000_000
 
 
@@ -191,8 +190,8 @@ class Rendering:
     ) -> list[_Output]:
         # Largest size first, each smaller size derived from the next larger one while the
         # pool encodes. A size is derived only once the encodes two sizes up are done, so
-        # that at most two sizes of the crop are in memory (all five would be 40 MB for a
-        # 2560 px set, more than the AVIF encoder of the largest).
+        # that at most two sizes of the crop are in memory (all five of a 2560 px set hold
+        # 40 MB, beside the 123 MB the AVIF encoder of the largest needs).
         outputs: list[_Output] = []
         older: list[Future[tuple[bytes, float]]] = []
         current: list[Future[tuple[bytes, float]]] = []
