@@ -6,6 +6,7 @@ import io
 import random
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -360,6 +361,17 @@ def test_rendering_is_deterministic(alpha: bool, workers: int) -> None:
     assert [spec for spec in first if first[spec] != second[spec]] == []
 
 
+def test_bytes_do_not_depend_on_the_number_of_workers() -> None:
+    # Workers decide the AV1 encoder's threads too, and threads are not part of a name.
+    data = encoded(photo_like(640, 480), "JPEG").getvalue()
+    specs = [f"width-{w}|format-{fmt}" for w in (320, 640) for fmt in ("avif", "webp", "jpeg")]
+    outputs = {
+        workers: {str(r.spec): r.data for r in render_all(io.BytesIO(data), specs, workers=workers)}
+        for workers in (1, 4)
+    }
+    assert outputs[1] == outputs[4]
+
+
 def metadata_sources() -> dict[str, io.BytesIO]:
     """The same picture with EXIF, an ICC profile, XMP and text, in three containers."""
     picture = photo_like(64, 48)
@@ -439,6 +451,17 @@ def test_encodes_over_the_memory_budget_still_run() -> None:
     worker.join(HANG_GUARD_SECONDS)
     assert not worker.is_alive(), "encodes costlier than the budget never started"
     assert sorted(str(rendered.spec) for rendered in outputs) == sorted(specs)
+
+
+def test_the_decoded_source_is_freed_before_the_first_rendition_comes_out() -> None:
+    # The decoded source is the largest buffer; the encoders must not allocate beside it.
+    specs = [parse_spec(f"width-{w}|format-{fmt}") for w in (100, 200) for fmt in FORMATS]
+    rendering = render(encoded(photo_like(400, 300), "JPEG"), specs)
+    source = weakref.ref(rendering._pixels)
+    outputs = iter(rendering)
+    next(outputs)
+    assert source() is None
+    assert len(list(outputs)) == len(specs) - 1
 
 
 def test_a_rendering_iterates_once() -> None:

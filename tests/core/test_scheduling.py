@@ -103,6 +103,27 @@ def test_a_job_over_the_whole_budget_runs_alone() -> None:
     assert recorder.peak == 500
 
 
+def test_jobs_of_one_lane_never_run_at_once() -> None:
+    recorder = Recorder()
+    with BudgetPool(workers=4, budget=100) as pool:
+        futures = [pool.submit(recorder.job(f"avif{i}", 1, 0.01), lane="avif") for i in range(6)]
+        wait(futures, timeout=TIMEOUT)
+    assert all(future.done() and future.exception() is None for future in futures)
+    assert recorder.peak == 1
+
+
+def test_a_busy_lane_lets_other_jobs_go_first() -> None:
+    # The second lane job is queued before the free one; the free one must not wait for it.
+    release = threading.Event()
+    with BudgetPool(workers=2, budget=100) as pool:
+        first = pool.submit(lambda: release.wait(TIMEOUT), lane="avif")
+        second = pool.submit(lambda: "second", lane="avif")
+        free = pool.submit(release.set)
+        assert first.result(TIMEOUT) is True
+        assert free.done()
+        assert second.result(TIMEOUT) == "second"
+
+
 def test_shutdown_cancels_what_has_not_started_and_waits_for_what_runs() -> None:
     started, release = threading.Event(), threading.Event()
     ran: list[int] = []

@@ -16,8 +16,9 @@ _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 def to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
     """Return `image` (RGB, RGBA, L, LA or CMYK) as sRGB pixels without colour metadata.
 
-    Grey images stay grey: a grey profile differs from sRGB's curve by a level or two and
-    a grey JPEG is a third of the size of the same picture in RGB.
+    The caller hands `image` over: RGB pixels are converted in place (a copy would cost as
+    much memory again). Grey images stay grey: a grey profile differs from sRGB's curve by
+    a level or two and a grey JPEG is a third of the size of the same picture in RGB.
     """
     mode = image.mode
     convertible = icc_profile and mode in {"RGB", "RGBA", "CMYK"}
@@ -33,6 +34,9 @@ def to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
 
 
 def _apply(transform: ImageCms.ImageCmsTransform, image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        transform.apply_in_place(image)
+        return image
     if image.mode != "RGBA":
         return transform.apply(image)
     # LittleCMS through Pillow does not carry the alpha band: convert colour, then re-attach.

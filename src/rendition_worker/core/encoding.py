@@ -61,15 +61,33 @@ def avif_codec_available(codec: str) -> bool:
     return bool(_avif.encoder_codec_available(codec))
 
 
-def encode(image: Image.Image, fmt: str, quality: int | None, settings: EncoderSettings) -> bytes:
-    """Encode an sRGB image (RGB, RGBA, L or LA, already in the format's mode) to bytes."""
+def encode(
+    image: Image.Image,
+    fmt: str,
+    quality: int | None,
+    settings: EncoderSettings,
+    *,
+    threads: int = 1,
+) -> bytes:
+    """Encode an sRGB image (RGB, RGBA, L or LA, already in the format's mode) to bytes.
+
+    `threads` bounds the AV1 encoder's threads (the other encoders use one); the bytes do
+    not depend on it.
+    """
     buffer = io.BytesIO()
     if fmt == "avif":
         codec = settings.avif_codec
         if codec == "svt" and min(image.size) < SVT_MIN_DIMENSION:
             codec = "aom"
         with _AVIF_LOCK:
-            image.save(buffer, "AVIF", quality=quality, speed=settings.avif_speed, codec=codec)
+            image.save(
+                buffer,
+                "AVIF",
+                quality=quality,
+                speed=settings.avif_speed,
+                codec=codec,
+                max_threads=max(1, threads),
+            )
     elif fmt == "webp":
         image.save(buffer, "WEBP", quality=quality, method=settings.webp_method)
     elif fmt == "jpeg":

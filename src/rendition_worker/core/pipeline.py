@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -52,11 +52,15 @@ from rendition_worker.core.specs import Spec
 # Lanczos resize and several times faster on camera-sized sources.
 REDUCING_GAP = 3.0
 # Output pixels per band of a banded resize: bounds the intermediate copy to about 4 MB.
+# (Quarter-size bands measured no lower peak: freed bands stay in glibc's per-thread heaps.)
 BAND_PIXELS = 1_000_000
-# Peak memory of one encode per output pixel, measured on a 2560x1920 photo (RSS growth):
-# SVT-AV1 130 MB (aom and rav1e about the same), WebP method 4 45 MB, progressive JPEG 18 MB.
-# A mode conversion before encoding (alpha composite, grey to RGB) adds a 4 byte/px copy.
-ENCODER_BYTES_PER_PIXEL = {"avif": 27, "webp": 9, "jpeg": 4, "png": 4}
+# Working memory of one encode per output pixel, measured on 2560x1920 and 1920x1440 photos
+# (anonymous RSS growth, benchmarks/pipeline.py --breakdown): SVT-AV1 123 MB at 2560 px
+# (aom 116, rav1e 102; a third of it is libavif's and pillow-avif's copies), WebP method 2
+# 29 MB, progressive optimised JPEG 16 MB. PNG is zlib's window plus a row or two.
+ENCODER_BYTES_PER_PIXEL = {"avif": 25, "webp": 6, "jpeg": 4, "png": 1}
+# A mode conversion before encoding (alpha composite, grey to RGB) adds a copy of its own.
+CONVERSION_BYTES_PER_PIXEL = 4
 # Output format order: the fallback a <picture> always has first, the slowest encoder last.
 FORMAT_PRIORITY = {"jpeg": 0, "png": 0, "webp": 1, "avif": 2}
 # What a spec without `format-` becomes, by source format (Wagtail keeps the source format).
@@ -80,8 +84,9 @@ class RenderOptions:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     workers: int = 2
     # Bytes the encoders running at once may use (estimated, see ENCODER_BYTES_PER_PIXEL);
-    # an encode larger than this runs alone. 160 MB lets a 2560 px AVIF run beside a JPEG.
-    memory_budget: int = 160_000_000
+    # an encode larger than this runs alone. 140 MB lets a 2560 px AVIF (123 MB) run beside
+    # a 1920 px WebP or a 2560 px JPEG, not beside a 2560 px WebP (29 MB).
+    memory_budget: int = 140_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +173,7 @@ class Rendering:
         self, pool: BudgetPool, futures: dict[_EncodeKey, Future[tuple[bytes, float]]]
     ) -> list[_Output]:
         # Every crop at its largest size first, so that the decoded source (the largest
-        # buffer by far) is freed before any encoder allocates. Then, per crop, derive each
-        # smaller size from the next larger one while the pool encodes what is ready.
+        # buffer by far) is freed before any encoder allocates.
         groups: dict[Box, dict[Size, list[Spec]]] = {}
         for spec, geometry in self._plans.items():
             groups.setdefault(geometry.box, {}).setdefault(geometry.size, []).append(spec)
@@ -179,18 +183,54 @@ class Rendering:
         self._pixels = None
         outputs: list[_Output] = []
         for box, by_size in groups.items():
-            image = largest.pop(box)
-            for size in sorted(by_size, key=_area, reverse=True):
-                if image.size != size:
-                    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
-                for spec in by_size[size]:
-                    output = self._output(spec, image)
-                    outputs.append(output)
-                    key = _encode_key(output)
-                    if key not in futures:
-                        job = functools.partial(_encode_job, image, output, self._options.encoder)
-                        futures[key] = pool.submit(job, cost=_encode_cost(output))
+            outputs.extend(self._schedule_crop(pool, futures, largest.pop(box), by_size))
         return outputs
+
+    def _schedule_crop(
+        self,
+        pool: BudgetPool,
+        futures: dict[_EncodeKey, Future[tuple[bytes, float]]],
+        image: Image.Image,
+        by_size: dict[Size, list[Spec]],
+    ) -> list[_Output]:
+        # Largest size first, each smaller size derived from the next larger one while the
+        # pool encodes. A size is derived only once the encodes two sizes up are done, so
+        # that at most two sizes of the crop are in memory (all five of a 2560 px set hold
+        # 40 MB, beside the 123 MB the AVIF encoder of the largest needs).
+        outputs: list[_Output] = []
+        older: list[Future[tuple[bytes, float]]] = []
+        current: list[Future[tuple[bytes, float]]] = []
+        for size in sorted(by_size, key=_area, reverse=True):
+            if image.size != size:
+                wait(older)
+                image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+                older, current = current, []
+            # The slowest encoder first: AVIF is the long pole, the others fill the gaps.
+            for spec in sorted(by_size[size], key=self._encode_order(image)):
+                output = self._output(spec, image)
+                outputs.append(output)
+                key = _encode_key(output)
+                if key not in futures:
+                    futures[key] = self._submit_encode(pool, image, output)
+                    current.append(futures[key])
+        return outputs
+
+    def _encode_order(self, image: Image.Image) -> Callable[[Spec], int]:
+        return lambda spec: -FORMAT_PRIORITY[self._output(spec, image).format]
+
+    def _submit_encode(
+        self, pool: BudgetPool, image: Image.Image, output: _Output
+    ) -> Future[tuple[bytes, float]]:
+        avif = output.format == "avif"
+        cost = _encode_cost(output, image.mode)
+        workers = self._options.workers
+        # AVIF encodes run one at a time (see encoding._AVIF_LOCK) on a lane of their own
+        # with one thread fewer than the pool, so that the other encoders keep a core; one
+        # over the budget runs alone, so it gets every thread.
+        alone = cost > self._options.memory_budget
+        threads = (workers if alone else max(1, workers - 1)) if avif else 1
+        job = functools.partial(_encode_job, image, output, self._options.encoder, threads)
+        return pool.submit(job, cost=cost, lane="avif" if avif else None)
 
     def _largest(self, box: Box, size: Size, pool: BudgetPool) -> Image.Image:
         pixels = self._pixels
@@ -334,8 +374,11 @@ def _area(size: Size) -> int:
     return size[0] * size[1]
 
 
-def _encode_cost(output: _Output) -> int:
-    return output.size[0] * output.size[1] * (ENCODER_BYTES_PER_PIXEL[output.format] + 4)
+def _encode_cost(output: _Output, mode: str) -> int:
+    per_pixel = ENCODER_BYTES_PER_PIXEL[output.format]
+    if _needs_conversion(mode, output):
+        per_pixel += CONVERSION_BYTES_PER_PIXEL
+    return output.size[0] * output.size[1] * per_pixel
 
 
 def _yield_order(output: _Output) -> tuple[int, int]:
@@ -343,12 +386,18 @@ def _yield_order(output: _Output) -> tuple[int, int]:
 
 
 def _encode_job(
-    image: Image.Image, output: _Output, settings: EncoderSettings
+    image: Image.Image, output: _Output, settings: EncoderSettings, threads: int
 ) -> tuple[bytes, float]:
     started = time.perf_counter()
     prepared = _for_format(image, output)
-    data = encode(prepared, output.format, output.quality, settings)
+    data = encode(prepared, output.format, output.quality, settings, threads=threads)
     return data, (time.perf_counter() - started) * 1000
+
+
+def _needs_conversion(mode: str, output: _Output) -> bool:
+    return output.background is not None or (
+        output.format in {"avif", "webp"} and mode in {"L", "LA"}
+    )
 
 
 def _for_format(image: Image.Image, output: _Output) -> Image.Image:

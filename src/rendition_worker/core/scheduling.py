@@ -1,9 +1,10 @@
 """A tiny thread pool that starts a job only when its memory fits beside the running ones.
 
-One SVT-AV1 encode of a 2560 px picture needs about 130 MB, more than the decoded 12 MP
-source; with a plain pool both workers may pick one. Here a job whose estimated memory does
-not fit the budget beside the running jobs waits, and the idle worker takes the next job
-that fits, so both cores stay busy on cheaper work.
+One SVT-AV1 encode of a 2560 px picture needs about 90 MB, more than twice the decoded
+12 MP source; with a plain pool both workers may pick one. Here a job whose estimated memory
+does not fit the budget beside the running jobs waits, and the idle worker takes the next
+job that fits, so both cores stay busy on cheaper work. Jobs of one lane (AVIF encodes, which
+must not run two at once in a process) run one at a time without holding a worker idle.
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ class _Job:
     cost: int
     future: Future[Any]
     call: Callable[[], Any]
+    lane: str | None
 
 
 class BudgetPool:
     """Run callables on `workers` threads while the costs of the running ones fit `budget`.
 
     A job costlier than the whole budget still runs, alone. Jobs start in submission order
-    except that a job that does not fit lets later ones that do fit go first.
+    except that a job that does not fit, or whose lane is busy, lets later ones go first.
     """
 
     def __init__(self, workers: int, budget: int) -> None:
         self._budget = budget
         self._queue: list[_Job] = []
         self._running: list[int] = []
+        self._busy_lanes: set[str] = set()
         self._changed = threading.Condition()
         self._closed = False
         self._threads = [
@@ -45,13 +48,16 @@ class BudgetPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, call: Callable[[], T], *, cost: int = 0) -> Future[T]:
-        """Queue `call` with its estimated memory `cost` in bytes; returns its future."""
+    def submit(self, call: Callable[[], T], *, cost: int = 0, lane: str | None = None) -> Future[T]:
+        """Queue `call` with its estimated memory `cost` in bytes; returns its future.
+
+        Jobs given the same `lane` never run at the same time.
+        """
         future: Future[T] = Future()
         with self._changed:
             if self._closed:
                 raise RuntimeError("the pool is shut down")
-            self._queue.append(_Job(cost, future, call))
+            self._queue.append(_Job(cost, future, call, lane))
             self._changed.notify()
         return future
 
@@ -85,8 +91,12 @@ class BudgetPool:
             while True:
                 in_use = sum(self._running)
                 for index, job in enumerate(self._queue):
+                    if job.lane in self._busy_lanes:
+                        continue
                     if not self._running or in_use + job.cost <= self._budget:
                         self._running.append(job.cost)
+                        if job.lane is not None:
+                            self._busy_lanes.add(job.lane)
                         return self._queue.pop(index)
                 if self._closed:
                     return None
@@ -101,4 +111,6 @@ class BudgetPool:
                     job.future.set_exception(exc)
             with self._changed:
                 self._running.remove(job.cost)
+                if job.lane is not None:
+                    self._busy_lanes.discard(job.lane)
                 self._changed.notify_all()
