@@ -26,7 +26,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
     Protected like an admin page: a signed-in user, or HTTP basic auth (what Prometheus'
     `basic_auth` sends), whose account has the `rendition_worker.view_source` permission.
     """
-    user: Any = request.user if request.user.is_authenticated else _basic_auth_user(request)
+    # Without AuthenticationMiddleware there is no request.user: basic auth still works.
+    signed_in: Any = getattr(request, "user", None)
+    user = signed_in if signed_in is not None and signed_in.is_authenticated else None
+    user = user or _basic_auth_user(request)
     if user is None:
         response = HttpResponse("authentication required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Basic realm="rendition-worker metrics"'
