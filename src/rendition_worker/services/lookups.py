@@ -23,6 +23,7 @@ from django.db.models.fields.files import FieldFile
 from rendition_worker import cache, registry
 from rendition_worker.conf import get_settings
 from rendition_worker.core.encoding import MEDIA_TYPES
+from rendition_worker.core.placeholder import Placeholder
 from rendition_worker.core.specs import canonical_spec
 from rendition_worker.models import Source, State
 from rendition_worker.registry import RegisteredField
@@ -65,16 +66,6 @@ class RenditionInfo:
     def media_type(self) -> str:
         """The MIME type, as `<source type>` wants it (`image/avif`)."""
         return MEDIA_TYPES[self.format]
-
-
-@dataclass(frozen=True, slots=True)
-class Placeholder:
-    """What a page paints before a rendition loads: `.color` (#rrggbb), `.data_uri`, size."""
-
-    color: str
-    data_uri: str
-    width: int
-    height: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,9 @@ from django.utils.safestring import SafeString, mark_safe
 
 from rendition_worker.conf import get_settings
 from rendition_worker.core.encoding import MEDIA_TYPES
+from rendition_worker.core.placeholder import Placeholder
 from rendition_worker.core.specs import FORMATS, Spec
 from rendition_worker.services.lookups import (
-    Placeholder,
     RenditionInfo,
     get_placeholder,
     get_rendition,
