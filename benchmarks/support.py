@@ -122,12 +122,14 @@ def create_postgres_database(name: str, template: str = "template1") -> None:
 
 
 def drop_postgres_database(name: str) -> None:
-    """Drop this run's PostgreSQL database (Django's connections must be closed)."""
+    """Drop this run's PostgreSQL database, ending any session a worker left behind."""
     import psycopg
     from psycopg import sql
 
+    # FORCE (PostgreSQL 13+): a stopped worker's pool process may still hold a session.
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with psycopg.connect(**PG_ADMIN, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        connection.execute(statement)
 
 
 @contextmanager
