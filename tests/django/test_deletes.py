@@ -309,3 +309,54 @@ def test_other_storages_delete_one_file_at_a_time(tmp_path: Path) -> None:
     assert (outcome.deleted, outcome.refused, outcome.requests) == (names, ["../outside.txt"], 4)
     assert not any(storage.exists(name) for name in names)
     assert (tmp_path.parent / "outside.txt").exists()
+
+
+class OneBadFileStorage(FileSystemStorage):
+    """Local files whose delete of `bad.webp` fails (a disk error); every delete noted."""
+
+    calls: list[str] = []
+
+    def delete(self, name: str) -> None:
+        """Note the call; fail for the bad file, else delete."""
+        self.calls.append(name)
+        if name.endswith("bad.webp"):
+            raise OSError(f"injected delete failure: {name}")
+        super().delete(name)
+
+
+@pytest.mark.django_db
+def test_a_storage_error_midway_keeps_what_was_deleted_done(settings: Any, tmp_path: Path) -> None:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "flaky": {
+            "BACKEND": f"{__name__}.OneBadFileStorage",
+            "OPTIONS": {"location": str(tmp_path)},
+        },
+    }
+    names = [f"renditions/{SHARD}/{stem}.webp" for stem in ("a", "b", "bad", "c")]
+    storage = OneBadFileStorage(location=tmp_path)
+    for name in names:
+        storage.save(name, ContentFile(b"x"))
+    due = timezone.now() - timedelta(seconds=10)
+    Tombstone.objects.bulk_create(  # due one after the other, in the order of `names`
+        Tombstone(
+            storage="flaky",
+            name=name,
+            kind=Tombstone.Kind.RENDITION,
+            delete_after=due + timedelta(seconds=index),
+        )
+        for index, name in enumerate(names)
+    )
+    OneBadFileStorage.calls = []
+
+    with pytest.raises(OSError, match="injected delete failure"):
+        tombstones_delete()  # the task retries it with backoff
+
+    assert OneBadFileStorage.calls == names[:3]
+    assert sorted(Tombstone.objects.values_list("name", flat=True)) == names[2:]
+    assert [storage.exists(name) for name in names] == [False, False, True, True]
+    # The retry goes on from the failed file: the deleted ones are not asked again.
+    OneBadFileStorage.calls = []
+    with pytest.raises(OSError):
+        tombstones_delete()
+    assert OneBadFileStorage.calls == [names[2]]

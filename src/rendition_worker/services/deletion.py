@@ -45,13 +45,23 @@ class Deletion:
     requests: int = 0  # delete requests sent (DeleteObjects, or one per file)
 
 
-def files_delete(storage: Storage, names: Iterable[str]) -> Deletion:
-    """Delete `names` from `storage`, batched on S3; refused and still-failing names returned."""
+def files_delete(
+    storage: Storage, names: Iterable[str], outcome: Deletion | None = None
+) -> Deletion:
+    """Delete `names` from `storage`, batched on S3; refused and still-failing names returned.
+
+    `outcome`, when given, is filled as the deletes go, so that a caller whose storage
+    raised midway still knows which files are gone (and need not be deleted again).
+    """
+    outcome = Deletion() if outcome is None else outcome
     wanted = list(dict.fromkeys(name for name in names if name))
     if not wanted:
-        return Deletion()
+        return outcome
     s3 = _s3_target(storage)
-    outcome = _delete_one_by_one(storage, wanted) if s3 is None else _delete_batched(s3, wanted)
+    if s3 is None:
+        _delete_one_by_one(storage, wanted, outcome)
+    else:
+        _delete_batched(s3, wanted, outcome)
     if outcome.failed:
         examples = "; ".join(
             f"{name}: {error}" for name, error in list(outcome.failed.items())[:LOGGED_NAMES]
@@ -98,21 +108,18 @@ def _s3_target(storage: Storage) -> _S3Target | None:
     return _S3Target(target.bucket.meta.client, str(target.bucket_name), key)
 
 
-def _delete_one_by_one(storage: Storage, names: list[str]) -> Deletion:
-    outcome = Deletion()
+def _delete_one_by_one(storage: Storage, names: list[str], outcome: Deletion) -> None:
     for name in names:
+        outcome.requests += 1
         try:
             storage.delete(name)
         except (SuspiciousOperation, ValueError):
             outcome.refused.append(name)
         else:
             outcome.deleted.append(name)
-        outcome.requests += 1
-    return outcome
 
 
-def _delete_batched(s3: _S3Target, names: list[str]) -> Deletion:
-    outcome = Deletion()
+def _delete_batched(s3: _S3Target, names: list[str], outcome: Deletion) -> None:
     by_key: dict[str, list[str]] = {}
     for name in names:
         try:
@@ -128,7 +135,6 @@ def _delete_batched(s3: _S3Target, names: list[str]) -> Deletion:
                     outcome.failed[name] = errors[key]
                 else:
                     outcome.deleted.append(name)
-    return outcome
 
 
 def _delete_chunk(s3: _S3Target, keys: list[str], outcome: Deletion) -> dict[str, str]:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from rendition_worker import registry
 from rendition_worker.conf import get_settings
 from rendition_worker.models import Rendition, Tombstone
-from rendition_worker.services.deletion import files_delete
+from rendition_worker.services.deletion import Deletion, files_delete
 
 # One delete task handles this many tombstones, then re-enqueues itself if more are due:
 # S3 deletes them in one DeleteObjects request (its limit is 1,000 keys), a local disk one
@@ -77,10 +77,16 @@ def tombstones_delete(limit: int = BATCH_SIZE) -> dict[str, int]:
             by_storage.setdefault(tombstone.storage, []).append(tombstone)
     _forget(done)
     for storage_ref, group in by_storage.items():
-        outcome = files_delete(registry.storage_for(storage_ref), [t.name for t in group])
-        # A refused name (outside the storage, forged by raw SQL) is never deleted, and its
-        # tombstone dropped, or it would fail every later batch and block the ones behind it.
-        _forget([t.pk for t in group if t.name not in outcome.failed])
+        outcome = Deletion()
+        try:
+            files_delete(registry.storage_for(storage_ref), [t.name for t in group], outcome)
+        finally:
+            # Also when the storage raised midway (the task retries): the files deleted so
+            # far are forgotten, so that the retry goes on from there. A refused name
+            # (outside the storage, forged by raw SQL) is never deleted and its tombstone
+            # dropped, or it would fail every later batch and block the ones behind it.
+            gone = {*outcome.deleted, *outcome.refused}
+            _forget([t.pk for t in group if t.name in gone])
         retry = [t.pk for t in group if t.name in outcome.failed]
         if retry:
             later = timezone.now() + timedelta(seconds=RETRY_FAILED_AFTER)
