@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +12,15 @@ from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core import checks
 
-from rendition_worker.conf import SETTING, get_settings
+from rendition_worker.conf import SETTING, RenditionSettings, get_settings
 from rendition_worker.core.encoding import avif_codec_available, encodable_formats
 from rendition_worker.registry import resolve_field
+
+# MB a worker process grows by per megapixel of a source it decodes whole: PNG, WebP, TIFF
+# and HEIC hold 4.5-6 MB (README, "Memory a worker process needs", measured with
+# benchmarks/pipeline.py --breakdown: 556 MB for a 100 MP PNG). The upper end, since
+# MAX_PIXELS bounds the worst case; a JPEG much wider than its outputs decodes scaled down.
+DECODE_MB_PER_MEGAPIXEL = 6
 
 
 def register() -> None:
@@ -63,6 +70,7 @@ def check_settings(
             )
         )
     errors.extend(_check_aliases(settings.storage, settings.cache))
+    errors.extend(check_memory_budget(settings))
     errors.extend(check_lane_order(app_or_default(None)))
     return errors
 
@@ -83,6 +91,27 @@ def check_lane_order(app: Celery) -> list[checks.CheckMessage]:
             hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'queue_order_strategy': 'priority'} "
             "and start workers with -Q <QUEUE>,<BULK_QUEUE> in that order.",
             id="rendition_worker.W001",
+        )
+    ]
+
+
+def check_memory_budget(settings: RenditionSettings) -> list[checks.CheckMessage]:
+    """Warn when decoding a source of MAX_PIXELS needs more than WORKER_MEMORY_BUDGET."""
+    needed = settings.max_pixels * DECODE_MB_PER_MEGAPIXEL / 1_000_000
+    budget = settings.worker_memory_budget
+    if needed <= budget:
+        return []
+    largest = budget * 1_000_000 // DECODE_MB_PER_MEGAPIXEL
+    return [
+        checks.Warning(
+            f"{SETTING}['MAX_PIXELS'] = {settings.max_pixels:,} lets a worker process decode "
+            f"sources that need about {needed:,.0f} MB ({DECODE_MB_PER_MEGAPIXEL} MB per "
+            f"megapixel of PNG, WebP, TIFF or HEIC), more than WORKER_MEMORY_BUDGET "
+            f"({budget:,} MB)",
+            hint=f"Lower MAX_PIXELS to {largest:,} or less, or raise WORKER_MEMORY_BUDGET to "
+            f"{math.ceil(needed)} if every worker process (each of --concurrency) has that "
+            "much beside its idle RSS, with worker_max_memory_per_child above it.",
+            id="rendition_worker.W002",
         )
     ]
 

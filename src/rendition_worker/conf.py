@@ -44,10 +44,14 @@ DEFAULTS: Mapping[str, Any] = {
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
     "FOCAL_POINT": "auto",
+    # MB (10^6 bytes) a worker process may grow by while it renders (see checks.py, W002):
+    # the README's worst case for the default MAX_PIXELS, a 100 MP PNG at 6 MB a megapixel.
+    "WORKER_MEMORY_BUDGET": 600,
 }
 _NON_NEGATIVE_INTS = ("MAX_PIXELS", "RECONCILE_EVERY", "ORPHAN_GRACE", "DELETE_DELAY")
 # Zero would stop reconciliation (no bulk task may wait) or relay every intent at once.
-_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER")
+_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER", "WORKER_MEMORY_BUDGET")
+_UNITS = {"BULK_MAX_QUEUED": "tasks", "WORKER_MEMORY_BUDGET": "MB"}
 _NON_EMPTY_STRINGS = ("QUEUE", "BULK_QUEUE", "CACHE")
 
 
@@ -81,6 +85,7 @@ class RenditionSettings:
     delete_delay: int
     avif_codec: str
     focal_point: FocalMode = FocalMode.AUTO
+    worker_memory_budget: int = 600
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     def specs_for(self, field_key: str) -> tuple[Spec, ...]:
@@ -173,6 +178,7 @@ def parse_settings(raw: object) -> RenditionSettings:
         delete_delay=_int_or_default(values, "DELETE_DELAY"),
         avif_codec=values["AVIF_CODEC"] if values["AVIF_CODEC"] in AVIF_CODECS else "svt",
         focal_point=_focal_mode(values["FOCAL_POINT"]),
+        worker_memory_budget=_int_or_default(values, "WORKER_MEMORY_BUDGET", minimum=1),
         problems=tuple(problems),
     )
 
@@ -207,7 +213,7 @@ def _check_scalars(values: Mapping[str, Any], problems: list[Problem]) -> None:
     for key in _POSITIVE_INTS:
         value = values[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            unit = "tasks" if key == "BULK_MAX_QUEUED" else "seconds"
+            unit = _UNITS.get(key, "seconds")
             problems.append(
                 Problem(
                     "rendition_worker.E003",

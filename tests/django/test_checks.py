@@ -250,6 +250,18 @@ CASES: list[tuple[str, object, set[str], str]] = [
         {"rendition_worker.E003"},
         "['RELAY_AFTER'] must be a whole number >= 1, not '60'",
     ),
+    (
+        "worker-memory-budget-zero",
+        {**VALID, "WORKER_MEMORY_BUDGET": 0},
+        {"rendition_worker.E003"},
+        "['WORKER_MEMORY_BUDGET'] must be a whole number >= 1, not 0",
+    ),
+    (
+        "worker-memory-budget-text",
+        {**VALID, "WORKER_MEMORY_BUDGET": "2GB"},
+        {"rendition_worker.E003"},
+        "not '2GB'",
+    ),
     # E009: both lanes on one queue
     (
         "lanes-on-one-queue",
@@ -438,3 +450,32 @@ def test_a_redis_broker_that_would_take_the_lanes_in_turns_is_warned_about(
         assert not warnings[0].is_serious()
         assert "queue_order_strategy" in warnings[0].hint
         assert "fresh uploads wait behind a backfill" in warnings[0].msg
+
+
+@pytest.mark.parametrize(
+    ("max_pixels", "budget", "warned"),
+    [
+        (100_000_000, None, False),  # the defaults: 100 MP x 6 MB = 600 MB, the budget
+        (100_000_001, None, True),
+        (250_000_000, None, True),  # 1,500 MB
+        (250_000_000, 1_500, False),
+        (0, 1, False),
+    ],
+)
+def test_max_pixels_that_needs_more_than_the_memory_budget_is_warned_about(
+    max_pixels: int, budget: int | None, warned: bool, settings: Any
+) -> None:
+    extra = {} if budget is None else {"WORKER_MEMORY_BUDGET": budget}
+    settings.RENDITION_WORKER = {**VALID, "MAX_PIXELS": max_pixels, **extra}
+
+    messages = rendition_errors()
+
+    assert [message.id for message in messages] == (["rendition_worker.W002"] if warned else [])
+    if warned:
+        [warning] = messages
+        assert not warning.is_serious()
+        assert f"['MAX_PIXELS'] = {max_pixels:,}" in warning.msg
+        assert f"about {max_pixels * 6 / 1e6:,.0f} MB" in warning.msg
+        assert "more than WORKER_MEMORY_BUDGET (600 MB)" in warning.msg
+        assert "Lower MAX_PIXELS to 100,000,000 or less" in str(warning.hint)
+        call_command("check")  # a warning: manage.py check still passes

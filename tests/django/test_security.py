@@ -762,11 +762,12 @@ def test_the_env_example_holds_no_credential() -> None:
 # 5. Decompression bombs refused before decoding ------------------------------------------------
 
 # (width, height, what the error must say). 144 MP is over MAX_PIXELS (100 MP) but under the
-# ceiling at which Pillow refuses by itself (2 x 89.5 MP): only our limit stops it. 400 MP is
-# over both. Decoding either takes a byte per pixel at least: 144 MB, 400 MB.
+# ceiling at which Pillow's Image.open refuses by itself (2 x 89.5 MP); 400 MP is over both,
+# and MAX_PIXELS refuses it too, as it says (the engine bypasses Pillow's global check).
+# Decoding either takes a byte per pixel at least: 144 MB, 400 MB.
 BOMBS = {
     "over-max-pixels": (12_000, 12_000, "12000x12000 = 144,000,000 pixels"),
-    "over-pillows-ceiling": (20_000, 20_000, "400000000 pixels"),
+    "over-pillows-ceiling": (20_000, 20_000, "20000x20000 = 400,000,000 pixels"),
 }
 # Refusing from the header allocates next to nothing; the margin covers the interpreter, the
 # database and Redis clients and the worker's thread, and is a fifth of the smaller decode.

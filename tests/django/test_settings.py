@@ -35,6 +35,8 @@ DOCUMENTED_DEFAULTS = {
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
     "FOCAL_POINT": "auto",
+    # The README's (DESIGN.md has no such key): MB a worker process may grow by (W002).
+    "WORKER_MEMORY_BUDGET": 600,
 }
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -94,6 +94,34 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def open_header(fp: IO[bytes], formats: tuple[str, ...]) -> ImageFile.ImageFile:
+    """Identify `fp` and read its header as `Image.open` does, without Pillow's bomb check.
+
+    `Image.open` compares the declared size with the process-wide `Image.MAX_IMAGE_PIXELS`
+    (a warning above it, an error above twice it: 179 MP by default), which would override
+    MAX_PIXELS either way. Changing that global for our decodes would loosen it for every
+    other thread of the site, so the format's opener is called directly, as `Image.open`
+    calls it, and the caller applies its own limit before any pixel is decoded.
+    """
+    Image.init()  # registers every plugin once; Image.open does the same
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt in formats:
+        opener = Image.OPEN.get(fmt)
+        if opener is None:
+            continue
+        factory, accept = opener
+        accepted = accept(prefix) if accept is not None else True
+        if isinstance(accepted, str) or not accepted:  # a str is Pillow's "almost" warning
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all: Image.open tries the next one as well
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def open_source(fp: IO[bytes], limits: Limits) -> OpenedSource:
     """Open `fp` and check its declared size and frames against `limits`, decoding nothing."""
     fp.seek(0)
@@ -103,12 +131,9 @@ def open_source(fp: IO[bytes], limits: Limits) -> OpenedSource:
         raise BadSource(SourceProblem.NOT_IMAGE, "not an image: the file is empty")
     sniffed = sniff_format(head)
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb warning fires at 89 MP; MAX_PIXELS is the limit that counts.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp, formats=DECODABLE_FORMATS)
+        image = open_header(fp, DECODABLE_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise BadSource(SourceProblem.TOO_LARGE, f"too large to decode safely: {exc}") from exc
+        raise _pillow_refused(sniffed, exc) from exc
     except UnidentifiedImageError as exc:
         raise _unidentified(sniffed) from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on bad headers
@@ -117,6 +142,8 @@ def open_source(fp: IO[bytes], limits: Limits) -> OpenedSource:
     _check_pixels(width, height, 1, limits, image.format)
     try:
         frames = int(getattr(image, "n_frames", 1))
+    except Image.DecompressionBombError as exc:
+        raise _pillow_refused(image.format, exc) from exc
     except Exception as exc:
         raise _damaged(image.format, exc) from exc
     if frames > limits.max_frames:
@@ -144,6 +171,8 @@ def decode_source(source: OpenedSource, fp: IO[bytes], needed: Size | None) -> I
     try:
         with _strict_truncation():
             image.load()
+    except Image.DecompressionBombError as exc:
+        raise _pillow_refused(source.format, exc) from exc
     except Exception as exc:
         # Never retry a failed load: Pillow's second load() returns partial pixels silently.
         raise _damaged(source.format, exc) from exc
@@ -204,7 +233,8 @@ def _verify_png(fp: IO[bytes]) -> None:
     # and it must run on an image object of its own.
     fp.seek(0)
     try:
-        with Image.open(fp, formats=("PNG",)) as checker:
+        # Through open_header too: Image.open would warn (89 MP) or refuse (179 MP) anew.
+        with open_header(fp, ("PNG",)) as checker:
             checker.verify()
     except Exception as exc:
         raise _damaged("PNG", exc) from exc
@@ -239,6 +269,16 @@ def _check_pixels(width: int, height: int, frames: int, limits: Limits, fmt: str
             f"too large to decode safely: {fmt} declares {width}x{height}{frames_note} = "
             f"{declared:,} pixels, the limit (MAX_PIXELS) is {limits.max_pixels:,}",
         )
+
+
+def _pillow_refused(fmt: str | None, exc: Image.DecompressionBombError) -> BadSource:
+    # Some decoders check Image.MAX_IMAGE_PIXELS themselves (TIFF strips, GIF and WebP
+    # canvases, MPO frames): past MAX_PIXELS, Pillow's own limit still stands for those.
+    return BadSource(
+        SourceProblem.TOO_LARGE,
+        f"too large to decode safely: the {fmt or 'image'} decoder applies Pillow's own limit "
+        f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {exc}",
+    )
 
 
 def _unidentified(sniffed: str | None) -> BadSource:

@@ -40,6 +40,7 @@ from rendition_worker.core.planner import SourceRef
 from rendition_worker.core.specs import Spec, parse_spec
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField, file_name
+from rendition_worker.services.deletion import files_delete
 from rendition_worker.services.files import file_write
 from rendition_worker.services.state import source_point_at
 from rendition_worker.services.tombstones import tombstones_add
@@ -384,8 +385,9 @@ class _Job:
             source = Source.objects.select_for_update().filter(pk=self.source.pk).first()
             if source is None or source.name != self.name:
                 # Replaced or deleted while we rendered: nobody will ever reference the files.
-                for target in targets.values():
-                    self.storage.delete(target)
+                outcome = files_delete(self.storage, targets.values())
+                # One the storage failed to delete stays known: a tombstone retries it.
+                tombstones_add(self.storage_ref, outcome.failed, Tombstone.Kind.RENDITION)
                 return "stale"
             if source.claim != self.token:
                 return "claimed"  # our claim lapsed and another worker renders this version

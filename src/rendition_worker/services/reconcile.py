@@ -49,6 +49,7 @@ from rendition_worker.core.planner import (
 from rendition_worker.listing import list_files
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField
+from rendition_worker.services.deletion import files_delete
 from rendition_worker.services.generation import source_generate
 from rendition_worker.services.tombstones import tombstones_add, tombstones_delete
 
@@ -300,6 +301,7 @@ class Reconciler:
             return counts, None
         summary = tombstones_delete()
         counts["deleted_files"] += summary["deleted"]
+        counts["delete_failed"] += summary["failed"]
         counts["items"] = summary["deleted"] + summary["kept_referenced"]
         return counts, ({"phase": "tombstones"} if summary["more"] else None)
 
@@ -312,10 +314,10 @@ class Reconciler:
         if plan.delete_renditions or plan.delete_sources:
             counts["deleted_rows"] += self._delete_rows(plan)
         if plan.delete_files and storage_ref is not None:
-            storage = registry.storage_for(storage_ref)
-            for name in plan.delete_files:
-                storage.delete(name)
-            counts["deleted_files"] += len(plan.delete_files)
+            # Orphans have no row: one that failed to delete is listed again by the next run.
+            outcome = files_delete(registry.storage_for(storage_ref), plan.delete_files)
+            counts["deleted_files"] += len(outcome.deleted)
+            counts["delete_failed"] += len(outcome.failed)
         for job in plan.generate.values() if self.generate else ():
             if self.sync:
                 summary = source_generate(
