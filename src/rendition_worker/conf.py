@@ -44,10 +44,12 @@ DEFAULTS: Mapping[str, Any] = {
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
     "FOCAL_POINT": "auto",
+    "TIME_LIMIT": 300,
 }
 _NON_NEGATIVE_INTS = ("MAX_PIXELS", "RECONCILE_EVERY", "ORPHAN_GRACE", "DELETE_DELAY")
-# Zero would stop reconciliation (no bulk task may wait) or relay every intent at once.
-_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER")
+# Zero would stop reconciliation (no bulk task may wait), relay every intent at once, or
+# (TIME_LIMIT) stop every task the moment it starts.
+_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER", "TIME_LIMIT")
 _NON_EMPTY_STRINGS = ("QUEUE", "BULK_QUEUE", "CACHE")
 
 
@@ -81,6 +83,7 @@ class RenditionSettings:
     delete_delay: int
     avif_codec: str
     focal_point: FocalMode = FocalMode.AUTO
+    time_limit: int = 300
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     def specs_for(self, field_key: str) -> tuple[Spec, ...]:
@@ -173,6 +176,7 @@ def parse_settings(raw: object) -> RenditionSettings:
         delete_delay=_int_or_default(values, "DELETE_DELAY"),
         avif_codec=values["AVIF_CODEC"] if values["AVIF_CODEC"] in AVIF_CODECS else "svt",
         focal_point=_focal_mode(values["FOCAL_POINT"]),
+        time_limit=_int_or_default(values, "TIME_LIMIT", minimum=1),
         problems=tuple(problems),
     )
 

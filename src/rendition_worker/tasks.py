@@ -24,25 +24,49 @@ from rendition_worker.services.reconcile import Reconciler
 from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
-# Rendering a 100 MP source into a dozen renditions takes ~10 s on one core; a minute is
-# a generous soft limit, and the hard limit leaves time to give the claim back.
-SOFT_TIME_LIMIT = 5 * 60
-TIME_LIMIT = SOFT_TIME_LIMIT + 30
+# How long past the soft limit (TIME_LIMIT) the pool kills a task: the soft limit interrupts
+# Python code, not a C call, so an encode under way finishes first (an AVIF of 2560 px takes
+# a few seconds), and then the task records the failure and gives its claim back.
+HARD_LIMIT_GRACE = 30
 # How long a claim outlasts the hard time limit of the run that took it. The claim is taken
 # after the run starts, so it lapses only once the run is over (killed by the limit, or its
 # worker gone); the margin covers clock differences between worker hosts.
 CLAIM_MARGIN = 5
 
 
+class RenditionTask(Task[Any, Any]):
+    """The base of our tasks: their time limits come from the TIME_LIMIT setting.
+
+    Read when used, not when the task class is made (that may be before settings are
+    loaded): the worker reads them as it starts consuming. Celery's `task_annotations`
+    still win, as for any task.
+    """
+
+    _limits: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def soft_time_limit(self) -> int | None:
+        """TIME_LIMIT: the task gets `SoftTimeLimitExceeded`, records it and returns."""
+        return self._limits[1] or get_settings().time_limit
+
+    @soft_time_limit.setter
+    def soft_time_limit(self, value: int | None) -> None:
+        self._limits = (self._limits[0], value)
+
+    @property
+    def time_limit(self) -> int | None:
+        """HARD_LIMIT_GRACE after TIME_LIMIT: the pool kills the process running the task."""
+        return self._limits[0] or get_settings().time_limit + HARD_LIMIT_GRACE
+
+    @time_limit.setter
+    def time_limit(self, value: int | None) -> None:
+        self._limits = (value, self._limits[1])
+
+
 # What every task of ours shares. ignore_result: nothing reads task results (summaries reach
 # Flower through task events), and storing them costs each publish a result-backend round
 # trip. acks_late: a task whose worker dies is delivered again (the tasks are idempotent).
-TASK_OPTIONS: dict[str, Any] = {
-    "ignore_result": True,
-    "acks_late": True,
-    "soft_time_limit": SOFT_TIME_LIMIT,
-    "time_limit": TIME_LIMIT,
-}
+TASK_OPTIONS: dict[str, Any] = {"base": RenditionTask, "ignore_result": True, "acks_late": True}
 # Storage and database errors are retried with exponential backoff, up to ~2 hours in all.
 RETRY_OPTIONS: dict[str, Any] = {
     "retry_backoff": 2,
@@ -79,8 +103,9 @@ def generate(
         return {"status": "duplicate"}
     # The limits this run has: the message's, else the task's (which settings may annotate).
     hard, soft = self.request.timelimit or (None, None)
-    hard_limit = float(hard or self.time_limit or TIME_LIMIT)
-    soft_limit = float(soft or self.soft_time_limit or SOFT_TIME_LIMIT)
+    settings = get_settings()
+    hard_limit = float(hard or self.time_limit or settings.time_limit + HARD_LIMIT_GRACE)
+    soft_limit = float(soft or self.soft_time_limit or settings.time_limit)
     if retired_original:
         enqueue_delete()
     try:

@@ -250,6 +250,18 @@ CASES: list[tuple[str, object, set[str], str]] = [
         {"rendition_worker.E003"},
         "['RELAY_AFTER'] must be a whole number >= 1, not '60'",
     ),
+    (
+        "time-limit-zero",
+        {**VALID, "TIME_LIMIT": 0},
+        {"rendition_worker.E003"},
+        "['TIME_LIMIT'] must be a whole number >= 1, not 0",
+    ),
+    (
+        "time-limit-float",
+        {**VALID, "TIME_LIMIT": 0.5},
+        {"rendition_worker.E003"},
+        "['TIME_LIMIT'] must be a whole number >= 1, not 0.5",
+    ),
     # E009: both lanes on one queue
     (
         "lanes-on-one-queue",

@@ -35,6 +35,7 @@ DOCUMENTED_DEFAULTS = {
     "DELETE_DELAY": 0,
     "AVIF_CODEC": "svt",
     "FOCAL_POINT": "auto",
+    "TIME_LIMIT": 300,  # the README's (DESIGN.md: "time limits")
 }
 
 
@@ -63,6 +64,7 @@ def test_defaults_are_the_documented_ones() -> None:
         parsed.delete_delay,
         parsed.avif_codec,
         parsed.focal_point,
+        parsed.time_limit,
     ) == (
         {},
         {},
@@ -77,6 +79,7 @@ def test_defaults_are_the_documented_ones() -> None:
         0,
         "svt",
         "auto",
+        300,
     )
     assert parsed.encoder.avif_codec == "svt"
     assert parsed.render_options.limits.max_pixels == 100_000_000
@@ -255,3 +258,13 @@ def test_unregistering_a_field_unwires_its_signals(worker: WorkerTracker, settin
     wait_idle(worker)
     assert not Source.objects.filter(object_id=str(photo.pk)).exists()
     assert not (Path(settings.MEDIA_ROOT) / "renditions").exists()
+
+
+def test_time_limit_is_every_tasks_soft_limit_and_the_hard_one_follows(settings: Any) -> None:
+    from tests.celery_app import app
+
+    names = ["generate", "delete", "reconcile", "relay"]
+    tasks = [app.tasks[f"rendition_worker.{name}"] for name in names]
+    assert [(task.soft_time_limit, task.time_limit) for task in tasks] == [(300, 330)] * 4
+    settings.RENDITION_WORKER = {**django_settings.RENDITION_WORKER, "TIME_LIMIT": 7}
+    assert [(task.soft_time_limit, task.time_limit) for task in tasks] == [(7, 37)] * 4

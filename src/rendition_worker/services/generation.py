@@ -77,7 +77,9 @@ def source_fail(model_label: str, object_id: str, field: str, name: str, error: 
     content_type = ContentType.objects.get_for_model(entry.model)
     Source.objects.filter(
         content_type=content_type, object_id=object_id, field=field, name=name
-    ).update(state=State.FAILED, error=error, claim="", claimed_until=None)
+    ).update(
+        state=State.FAILED, error=error, claim="", claimed_until=None, finished_at=timezone.now()
+    )
 
 
 def source_generate(
