@@ -13,17 +13,22 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
 from django.db import DatabaseError
 
 from rendition_worker.cache import lookup_cache
 from rendition_worker.conf import get_settings
+from rendition_worker.core.errors import BadMessage
+from rendition_worker.messages import checked_message
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services import broker, outbox
 from rendition_worker.services.generation import TransientError, source_fail, source_generate
-from rendition_worker.services.reconcile import Reconciler
+from rendition_worker.services.reconcile import Reconciler, cursor_problem
 from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
+# The task logger: each line carries the task's name and id in the worker's log.
+logger = get_task_logger(__name__)
 # How long past the soft limit (TIME_LIMIT) the pool kills a task: the soft limit interrupts
 # Python code, not a C call, so an encode under way finishes first (an AVIF of 2560 px takes
 # a few seconds), and then the task records the failure and gives its claim back.
@@ -84,6 +89,7 @@ RETRY_OPTIONS: dict[str, Any] = {
     **TASK_OPTIONS,
     **RETRY_OPTIONS,
 )
+@checked_message
 def generate(
     self: Task[Any, Any],
     model: str,
@@ -126,6 +132,9 @@ def generate(
         source_fail(model, object_id, field, name, error)
         _intent_done(intent)
         return {"status": "failed", "error": error}
+    if summary.get("status") == "gone":
+        # Deleted after the change was queued (its own task retires the state), or never was.
+        logger.info("%s pk=%s no longer exists: nothing to render", model, object_id[:60])
     if summary.get("retired"):
         enqueue_delete()
     # "claimed": another worker renders this version now and will finish the intent, or
@@ -141,6 +150,7 @@ def generate(
     **TASK_OPTIONS,
     **RETRY_OPTIONS,
 )
+@checked_message
 def delete(
     model: str | None = None,
     object_id: str | None = None,
@@ -149,6 +159,9 @@ def delete(
 ) -> dict[str, Any]:
     """Retire a deleted or cleared source (when named), then delete the due stale files."""
     summary: dict[str, Any] = {}
+    named = [model, object_id, field]
+    if any(value is not None for value in named) and None in named:
+        raise BadMessage("model, object_id and field come together or not at all")
     if model is not None and object_id is not None and field is not None:
         if not _intent_pending(intent):
             return {"status": "duplicate"}
@@ -246,6 +259,7 @@ def enqueue_delete(countdown: int | None = None) -> None:
 
 
 @shared_task(name="rendition_worker.relay", **TASK_OPTIONS)
+@checked_message
 def relay() -> dict[str, int]:
     """Publish again the outbox's intents that no worker took up within RELAY_AFTER."""
     return outbox.intents_relay()
@@ -262,6 +276,7 @@ BACKPRESSURE_WAIT = 15
 
 
 @shared_task(name="rendition_worker.reconcile", **TASK_OPTIONS)
+@checked_message
 def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> dict[str, Any]:
     """One bounded step of reconciliation; re-enqueues itself with the next cursor.
 
@@ -269,6 +284,9 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
     BULK_MAX_QUEUED bulk tasks wait on the broker, so the lane never holds more than that
     plus one batch; otherwise the chain waits BACKPRESSURE_WAIT seconds and looks again.
     """
+    # Before the lock: a hand-made cursor must not hold beat's runs off for hours.
+    if cursor is not None and (problem := cursor_problem(cursor)) is not None:
+        raise BadMessage(f"reconciliation cursor {cursor!r:.200}: {problem}")
     settings = get_settings()
     lock_seconds = max(settings.reconcile_every, 60) * 2
     cache = lookup_cache()
@@ -286,7 +304,11 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
             # Unknown (the broker did not answer) counts as full: never flood blindly.
             _continue(cursor, run, countdown=BACKPRESSURE_WAIT)
             return {"phase": cursor["phase"], "status": "waiting", "queued": waiting}
-    counts, following = Reconciler(enqueue=enqueue_backfill).step(cursor)
+    try:
+        counts, following = Reconciler(enqueue=enqueue_backfill).step(cursor)
+    except BadMessage:
+        cache.delete(RECONCILE_LOCK)  # ours (taken above): its `after` is no key of the model
+        raise
     if following is None:
         cache.delete(RECONCILE_LOCK)
     else:
