@@ -56,7 +56,7 @@ def test_a_source_over_the_time_limit_fails_and_the_next_one_renders_at_once(
     rendered = (ready.finished_at - ready.started_at).total_seconds()
     # Stopped by the soft limit (plus the encode under way), not by the hard limit 30 s on,
     # in the same pool process, which took the next message at once.
-    assert LIMIT <= ran < LIMIT + 5, ran
+    assert LIMIT <= ran < LIMIT + 10, ran  # 2-3 s measured; the hard limit is at 31 s
     assert 0 <= waited < 2, waited
     assert worker.children() == [pool_process]
     log = worker.log_text()
