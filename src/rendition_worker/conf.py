@@ -47,10 +47,12 @@ DEFAULTS: Mapping[str, Any] = {
     # MB (10^6 bytes) a worker process may grow by while it renders (see checks.py, W002):
     # the README's worst case for the default MAX_PIXELS, a 100 MP PNG at 6 MB a megapixel.
     "WORKER_MEMORY_BUDGET": 600,
+    "TIME_LIMIT": 300,
 }
 _NON_NEGATIVE_INTS = ("MAX_PIXELS", "RECONCILE_EVERY", "ORPHAN_GRACE", "DELETE_DELAY")
-# Zero would stop reconciliation (no bulk task may wait) or relay every intent at once.
-_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER", "WORKER_MEMORY_BUDGET")
+# Zero would stop reconciliation (no bulk task may wait), relay every intent at once, or
+# (TIME_LIMIT) stop every task the moment it starts.
+_POSITIVE_INTS = ("BULK_MAX_QUEUED", "RELAY_AFTER", "WORKER_MEMORY_BUDGET", "TIME_LIMIT")
 _UNITS = {"BULK_MAX_QUEUED": "tasks", "WORKER_MEMORY_BUDGET": "MB"}
 _NON_EMPTY_STRINGS = ("QUEUE", "BULK_QUEUE", "CACHE")
 
@@ -86,6 +88,7 @@ class RenditionSettings:
     avif_codec: str
     focal_point: FocalMode = FocalMode.AUTO
     worker_memory_budget: int = 600
+    time_limit: int = 300
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     def specs_for(self, field_key: str) -> tuple[Spec, ...]:
@@ -179,6 +182,7 @@ def parse_settings(raw: object) -> RenditionSettings:
         avif_codec=values["AVIF_CODEC"] if values["AVIF_CODEC"] in AVIF_CODECS else "svt",
         focal_point=_focal_mode(values["FOCAL_POINT"]),
         worker_memory_budget=_int_or_default(values, "WORKER_MEMORY_BUDGET", minimum=1),
+        time_limit=_int_or_default(values, "TIME_LIMIT", minimum=1),
         problems=tuple(problems),
     )
 

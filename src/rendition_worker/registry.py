@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.core.files.storage import Storage, storages
 from django.db import models
 
 from rendition_worker.conf import RenditionSettings, get_settings
+from rendition_worker.core.errors import BadMessage
 
 FIELD_STORAGE_PREFIX = "field:"
 
@@ -80,6 +82,28 @@ def field_for(model_label: str, field_name: str) -> RegisteredField | None:
         if entry.model_label == model_label and entry.name == field_name:
             return entry
     return None
+
+
+def field_named(model_label: str, field_name: str) -> RegisteredField:
+    """`field_for`, for a task's arguments: `BadMessage` when they name no registered field."""
+    entry = field_for(model_label, field_name)
+    if entry is None:
+        raise BadMessage(f"{model_label[:100]}.{field_name[:100]} is not a registered field")
+    return entry
+
+
+def row_for(entry: RegisteredField, object_id: str) -> models.Model | None:
+    """The row of `entry`'s model that `object_id` names, or None if it is gone.
+
+    `BadMessage` for an id that can be no primary key of that model ('1 OR 1=1' for an
+    integer key): a message that holds one is wrong, not late.
+    """
+    try:
+        key = entry.model._meta.pk.to_python(object_id)
+    except ValidationError as exc:
+        shown = object_id if len(object_id) <= 60 else object_id[:60] + "..."
+        raise BadMessage(f"{shown!r} is not a primary key of {entry.model_label}") from exc
+    return entry.model._default_manager.filter(pk=key).first()
 
 
 def rendition_storage_ref(entry: RegisteredField) -> str:

@@ -13,36 +13,65 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
 from django.db import DatabaseError
 
 from rendition_worker.cache import lookup_cache
 from rendition_worker.conf import get_settings
+from rendition_worker.core.errors import BadMessage
+from rendition_worker.messages import checked_message
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services import broker, outbox
 from rendition_worker.services.generation import TransientError, source_fail, source_generate
-from rendition_worker.services.reconcile import Reconciler
+from rendition_worker.services.reconcile import Reconciler, cursor_problem
 from rendition_worker.services.state import source_forget
 from rendition_worker.services.tombstones import tombstones_delete
 
-# Rendering a 100 MP source into a dozen renditions takes ~10 s on one core; a minute is
-# a generous soft limit, and the hard limit leaves time to give the claim back.
-SOFT_TIME_LIMIT = 5 * 60
-TIME_LIMIT = SOFT_TIME_LIMIT + 30
+# The task logger: each line carries the task's name and id in the worker's log.
+logger = get_task_logger(__name__)
+# How long past the soft limit (TIME_LIMIT) the pool kills a task: the soft limit interrupts
+# Python code, not a C call, so an encode under way finishes first (an AVIF of 2560 px takes
+# a few seconds), and then the task records the failure and gives its claim back.
+HARD_LIMIT_GRACE = 30
 # How long a claim outlasts the hard time limit of the run that took it. The claim is taken
 # after the run starts, so it lapses only once the run is over (killed by the limit, or its
 # worker gone); the margin covers clock differences between worker hosts.
 CLAIM_MARGIN = 5
 
 
+class RenditionTask(Task[Any, Any]):
+    """The base of our tasks: their time limits come from the TIME_LIMIT setting.
+
+    Read when used, not when the task class is made (that may be before settings are
+    loaded): the worker reads them as it starts consuming. Celery's `task_annotations`
+    still win, as for any task.
+    """
+
+    _limits: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def soft_time_limit(self) -> int | None:
+        """TIME_LIMIT: the task gets `SoftTimeLimitExceeded`, records it and returns."""
+        return self._limits[1] or get_settings().time_limit
+
+    @soft_time_limit.setter
+    def soft_time_limit(self, value: int | None) -> None:
+        self._limits = (self._limits[0], value)
+
+    @property
+    def time_limit(self) -> int | None:
+        """HARD_LIMIT_GRACE after TIME_LIMIT: the pool kills the process running the task."""
+        return self._limits[0] or get_settings().time_limit + HARD_LIMIT_GRACE
+
+    @time_limit.setter
+    def time_limit(self, value: int | None) -> None:
+        self._limits = (value, self._limits[1])
+
+
 # What every task of ours shares. ignore_result: nothing reads task results (summaries reach
 # Flower through task events), and storing them costs each publish a result-backend round
 # trip. acks_late: a task whose worker dies is delivered again (the tasks are idempotent).
-TASK_OPTIONS: dict[str, Any] = {
-    "ignore_result": True,
-    "acks_late": True,
-    "soft_time_limit": SOFT_TIME_LIMIT,
-    "time_limit": TIME_LIMIT,
-}
+TASK_OPTIONS: dict[str, Any] = {"base": RenditionTask, "ignore_result": True, "acks_late": True}
 # Storage and database errors are retried with exponential backoff, up to ~2 hours in all.
 RETRY_OPTIONS: dict[str, Any] = {
     "retry_backoff": 2,
@@ -60,6 +89,7 @@ RETRY_OPTIONS: dict[str, Any] = {
     **TASK_OPTIONS,
     **RETRY_OPTIONS,
 )
+@checked_message
 def generate(
     self: Task[Any, Any],
     model: str,
@@ -79,8 +109,9 @@ def generate(
         return {"status": "duplicate"}
     # The limits this run has: the message's, else the task's (which settings may annotate).
     hard, soft = self.request.timelimit or (None, None)
-    hard_limit = float(hard or self.time_limit or TIME_LIMIT)
-    soft_limit = float(soft or self.soft_time_limit or SOFT_TIME_LIMIT)
+    settings = get_settings()
+    hard_limit = float(hard or self.time_limit or settings.time_limit + HARD_LIMIT_GRACE)
+    soft_limit = float(soft or self.soft_time_limit or settings.time_limit)
     if retired_original:
         enqueue_delete()
     try:
@@ -101,6 +132,9 @@ def generate(
         source_fail(model, object_id, field, name, error)
         _intent_done(intent)
         return {"status": "failed", "error": error}
+    if summary.get("status") == "gone":
+        # Deleted after the change was queued (its own task retires the state), or never was.
+        logger.info("%s pk=%s no longer exists: nothing to render", model, object_id[:60])
     if summary.get("retired"):
         enqueue_delete()
     # "claimed": another worker renders this version now and will finish the intent, or
@@ -116,6 +150,7 @@ def generate(
     **TASK_OPTIONS,
     **RETRY_OPTIONS,
 )
+@checked_message
 def delete(
     model: str | None = None,
     object_id: str | None = None,
@@ -124,6 +159,9 @@ def delete(
 ) -> dict[str, Any]:
     """Retire a deleted or cleared source (when named), then delete the due stale files."""
     summary: dict[str, Any] = {}
+    named = [model, object_id, field]
+    if any(value is not None for value in named) and None in named:
+        raise BadMessage("model, object_id and field come together or not at all")
     if model is not None and object_id is not None and field is not None:
         if not _intent_pending(intent):
             return {"status": "duplicate"}
@@ -221,6 +259,7 @@ def enqueue_delete(countdown: int | None = None) -> None:
 
 
 @shared_task(name="rendition_worker.relay", **TASK_OPTIONS)
+@checked_message
 def relay() -> dict[str, int]:
     """Publish again the outbox's intents that no worker took up within RELAY_AFTER."""
     return outbox.intents_relay()
@@ -237,6 +276,7 @@ BACKPRESSURE_WAIT = 15
 
 
 @shared_task(name="rendition_worker.reconcile", **TASK_OPTIONS)
+@checked_message
 def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> dict[str, Any]:
     """One bounded step of reconciliation; re-enqueues itself with the next cursor.
 
@@ -244,6 +284,9 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
     BULK_MAX_QUEUED bulk tasks wait on the broker, so the lane never holds more than that
     plus one batch; otherwise the chain waits BACKPRESSURE_WAIT seconds and looks again.
     """
+    # Before the lock: a hand-made cursor must not hold beat's runs off for hours.
+    if cursor is not None and (problem := cursor_problem(cursor)) is not None:
+        raise BadMessage(f"reconciliation cursor {cursor!r:.200}: {problem}")
     settings = get_settings()
     lock_seconds = max(settings.reconcile_every, 60) * 2
     cache = lookup_cache()
@@ -261,7 +304,11 @@ def reconcile(cursor: dict[str, Any] | None = None, run: str | None = None) -> d
             # Unknown (the broker did not answer) counts as full: never flood blindly.
             _continue(cursor, run, countdown=BACKPRESSURE_WAIT)
             return {"phase": cursor["phase"], "status": "waiting", "queued": waiting}
-    counts, following = Reconciler(enqueue=enqueue_backfill).step(cursor)
+    try:
+        counts, following = Reconciler(enqueue=enqueue_backfill).step(cursor)
+    except BadMessage:
+        cache.delete(RECONCILE_LOCK)  # ours (taken above): its `after` is no key of the model
+        raise
     if following is None:
         cache.delete(RECONCILE_LOCK)
     else:

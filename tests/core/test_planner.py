@@ -203,6 +203,15 @@ def test_ready_renditions_under_their_current_names_are_present() -> None:
     assert counts(plan) == {"sources": 1, "required": 2, "present": 2}
 
 
+def test_a_pending_source_with_every_rendition_present_is_generated_to_finish_it() -> None:
+    # Its worker died after the last rendition, before marking it done (a forced regenerate
+    # keeps the digest): nothing is missing, and the task only marks it ready.
+    recorded = source(made(JPEG, id=1), made(AVIF, id=2), state=PENDING)
+    plan = plan_sources(REQUIRED, {PHOTO: recorded}, NAMING)
+    assert plan.generate == {PHOTO: Generate(PHOTO, CURRENT)}
+    assert counts(plan) == {"sources": 1, "required": 2, "present": 2}
+
+
 @pytest.mark.parametrize(
     "spec",
     [

@@ -261,6 +261,16 @@ CASES: list[tuple[str, object, set[str], str]] = [
         {**VALID, "WORKER_MEMORY_BUDGET": "2GB"},
         {"rendition_worker.E003"},
         "not '2GB'",
+        "time-limit-zero",
+        {**VALID, "TIME_LIMIT": 0},
+        {"rendition_worker.E003"},
+        "['TIME_LIMIT'] must be a whole number >= 1, not 0",
+    ),
+    (
+        "time-limit-float",
+        {**VALID, "TIME_LIMIT": 0.5},
+        {"rendition_worker.E003"},
+        "['TIME_LIMIT'] must be a whole number >= 1, not 0.5",
     ),
     # E009: both lanes on one queue
     (

@@ -528,7 +528,7 @@ def test_forged_task_messages_render_nothing_outside_the_configured_specs(
                 "field": "image",
                 "name": plain.image.name,
             },
-            {"status": "unregistered"},
+            {"status": "rejected"},
         ),
         "auth-user-password": (
             "rendition_worker.generate",
@@ -538,17 +538,17 @@ def test_forged_task_messages_render_nothing_outside_the_configured_specs(
                 "field": "password",
                 "name": user.password,
             },
-            {"status": "unregistered"},
+            {"status": "rejected"},
         ),
         "not-a-file-field": (
             "rendition_worker.generate",
             {**genuine, "field": "title"},
-            {"status": "unregistered"},
+            {"status": "rejected"},
         ),
         "spec-argument": (
             "rendition_worker.generate",
             {**genuine, "spec": "width-100000|format-png", "width": 100_000},
-            TypeError,
+            {"status": "rejected", "error": "got an unexpected keyword argument 'spec'"},
         ),
         "spec-as-name": (
             "rendition_worker.generate",
@@ -568,12 +568,12 @@ def test_forged_task_messages_render_nothing_outside_the_configured_specs(
         "sql-in-id": (
             "rendition_worker.generate",
             {**genuine, "object_id": "1 OR 1=1"},
-            ValueError,
+            {"status": "rejected", "error": "'1 OR 1=1' is not a primary key of testapp.photo"},
         ),
         "model-as-object": (
             "rendition_worker.generate",
             {**genuine, "model": {"app_label": "testapp", "model": "photo"}},
-            {"status": "unregistered"},
+            {"status": "rejected"},
         ),
         "delete-a-live-source": (
             "rendition_worker.delete",

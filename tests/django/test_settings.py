@@ -37,6 +37,7 @@ DOCUMENTED_DEFAULTS = {
     "FOCAL_POINT": "auto",
     # The README's (DESIGN.md has no such key): MB a worker process may grow by (W002).
     "WORKER_MEMORY_BUDGET": 600,
+    "TIME_LIMIT": 300,  # the README's (DESIGN.md: "time limits")
 }
 
 
@@ -65,6 +66,7 @@ def test_defaults_are_the_documented_ones() -> None:
         parsed.delete_delay,
         parsed.avif_codec,
         parsed.focal_point,
+        parsed.time_limit,
     ) == (
         {},
         {},
@@ -79,6 +81,7 @@ def test_defaults_are_the_documented_ones() -> None:
         0,
         "svt",
         "auto",
+        300,
     )
     assert parsed.encoder.avif_codec == "svt"
     assert parsed.render_options.limits.max_pixels == 100_000_000
@@ -257,3 +260,13 @@ def test_unregistering_a_field_unwires_its_signals(worker: WorkerTracker, settin
     wait_idle(worker)
     assert not Source.objects.filter(object_id=str(photo.pk)).exists()
     assert not (Path(settings.MEDIA_ROOT) / "renditions").exists()
+
+
+def test_time_limit_is_every_tasks_soft_limit_and_the_hard_one_follows(settings: Any) -> None:
+    from tests.celery_app import app
+
+    names = ["generate", "delete", "reconcile", "relay"]
+    tasks = [app.tasks[f"rendition_worker.{name}"] for name in names]
+    assert [(task.soft_time_limit, task.time_limit) for task in tasks] == [(300, 330)] * 4
+    settings.RENDITION_WORKER = {**django_settings.RENDITION_WORKER, "TIME_LIMIT": 7}
+    assert [(task.soft_time_limit, task.time_limit) for task in tasks] == [(7, 37)] * 4

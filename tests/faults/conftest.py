@@ -675,8 +675,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("faults injected")
-    write(f"{'fault':40} {'injected':>8} {'landed':>6} {'lost':>4} {'leaked':>6}  note")
+    wide = max(40, *(len(row.kind) for row in FIGURES))
+    write(f"{'fault':{wide}} {'injected':>8} {'landed':>6} {'lost':>4} {'leaked':>6}  note")
     for row in FIGURES:
         write(
-            f"{row.kind:40} {row.injected:8} {row.landed:6} {row.lost:4} {row.leaked:6}  {row.note}"
+            f"{row.kind:{wide}} {row.injected:8} {row.landed:6} {row.lost:4} {row.leaked:6}  "
+            f"{row.note}"
         )

@@ -30,3 +30,7 @@ class BadSource(RenditionError):
         super().__init__(message)
         self.problem = problem
         self.message = message
+
+
+class BadMessage(RenditionError, ValueError):
+    """A task message that no run of the task can carry out: wrong, missing or extra arguments."""

@@ -26,6 +26,7 @@ from rendition_worker.core.naming import (
 from rendition_worker.core.specs import parse_spec
 
 READY = "ready"
+PENDING = "pending"
 FAILED = "failed"
 # The counters of a plan, as `renditions reconcile --json` reports them.
 COUNTS = ("sources", "required", "present", "missing", "obsolete", "orphans", "broken", "failed")
@@ -167,7 +168,8 @@ def plan_sources(
     is obsolete with all its renditions. For a required one: renditions of another file
     or of a spec no longer required are obsolete; required specs without a ready rendition
     under the current settings' name are missing, and make the source be generated again,
-    unless it failed for this very file (skipped, and counted, unless `retry_failed`).
+    unless it failed for this very file (skipped, and counted, unless `retry_failed`); so
+    does a pending one with nothing missing, which its worker never marked done.
     """
     plan = Plan()
     for ref, source in recorded.items():
@@ -225,7 +227,11 @@ def _plan_required(
     plan.counts["present"] += len(present)
     missing = len(specs - present)
     plan.counts["missing"] += missing
-    if missing:
+    # Pending with nothing missing: its worker stopped (killed, lost) between the last
+    # rendition and marking it done. A task finishes it once the claim has lapsed; a task
+    # meanwhile finds it claimed and returns.
+    unfinished = source is not None and source.name == name and source.state == PENDING
+    if missing or unfinished:
         # A ready source only renders again when asked to: force.
         force = source is not None and source.name == name and source.state == READY
         plan.add_generate(ref, name, force=force, retry_failed=False)

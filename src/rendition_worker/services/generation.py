@@ -78,7 +78,9 @@ def source_fail(model_label: str, object_id: str, field: str, name: str, error: 
     content_type = ContentType.objects.get_for_model(entry.model)
     Source.objects.filter(
         content_type=content_type, object_id=object_id, field=field, name=name
-    ).update(state=State.FAILED, error=error, claim="", claimed_until=None)
+    ).update(
+        state=State.FAILED, error=error, claim="", claimed_until=None, finished_at=timezone.now()
+    )
 
 
 def source_generate(
@@ -99,13 +101,10 @@ def source_generate(
     """
     started = time.perf_counter()
     settings = get_settings().require_valid()
-    entry = registry.field_for(model_label, field)
-    if entry is None:
-        logger.warning("%s.%s is not a registered field; task ignored", model_label, field)
-        return {"status": "unregistered"}
+    entry = registry.field_named(model_label, field)
     with contextlib.ExitStack() as files:
         try:
-            instance = entry.model._default_manager.filter(pk=object_id).first()
+            instance = registry.row_for(entry, object_id)
             if instance is None:
                 return {"status": "gone"}
             if file_name(instance, entry) != name:

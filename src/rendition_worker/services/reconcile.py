@@ -27,12 +27,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from rendition_worker import registry
 from rendition_worker.conf import RenditionSettings, get_settings
 from rendition_worker.core.analysis import Focus
+from rendition_worker.core.errors import BadMessage
 from rendition_worker.core.focal import FocalMode, stored_focal_box
 from rendition_worker.core.planner import (
     COUNTS,
@@ -76,6 +78,14 @@ REPORT_KEYS = (
 )
 
 Cursor = dict[str, Any]
+# What a cursor of each phase holds (see the steps), and the keys it must hold.
+_CURSOR_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "required": {"field": int, "after": (str, type(None))},
+    "gone": {"after": int},
+    "files": {"storage": int, "shard": int},
+    "tombstones": {},
+}
+_CURSOR_REQUIRED = {"files": {"storage", "shard"}}
 # How a plan's generation is queued: (field, object id, file name, force) -> None.
 Enqueue = Callable[[RegisteredField, str, str, bool], None]
 
@@ -95,6 +105,29 @@ class Report:
         values["dry_run"] = self.dry_run
         values["elapsed_s"] = round(time.perf_counter() - self.started, 3)
         return values
+
+
+def cursor_problem(cursor: Cursor) -> str | None:
+    """Why `cursor` is no cursor a reconciliation step returns, or None."""
+    phase = cursor.get("phase")
+    if phase not in _CURSOR_KEYS:
+        return f"phase {phase!r:.40} is not one of {', '.join(_CURSOR_KEYS)}"
+    allowed = _CURSOR_KEYS[phase]
+    for key, value in cursor.items():
+        if key == "phase":
+            continue
+        if key not in allowed:
+            return f"{phase} has no key {key!r:.40}"
+        if not isinstance(value, allowed[key]) or isinstance(value, bool):
+            return f"{key}={value!r:.40} is of the wrong type"
+        if isinstance(value, int) and value < 0:
+            return f"{key}={value} is negative"
+    missing = _CURSOR_REQUIRED.get(phase, set()) - set(cursor)
+    if missing:
+        return f"{phase} needs {', '.join(sorted(missing))}"
+    if phase == "files" and cursor["shard"] >= len(SHARDS):
+        return f"shard={cursor['shard']} is past the last shard ({len(SHARDS) - 1})"
+    return None
 
 
 class Reconciler:
@@ -134,7 +167,13 @@ class Reconciler:
         return report
 
     def step(self, cursor: Cursor) -> tuple[Counter[str], Cursor | None]:
-        """Do the step at `cursor`; return its counts and the next cursor (None: done)."""
+        """Do the step at `cursor`; return its counts and the next cursor (None: done).
+
+        `BadMessage` for a cursor that no step returned (a hand-made message).
+        """
+        problem = cursor_problem(cursor)
+        if problem is not None:
+            raise BadMessage(f"reconciliation cursor {cursor!r:.200}: {problem}")
         phase = cursor["phase"]
         if phase == "required":
             return self._required_step(cursor)
@@ -153,7 +192,13 @@ class Reconciler:
         entry = self.fields[index]
         rows = _with_file(entry).order_by("pk")
         if cursor.get("after") is not None:
-            rows = rows.filter(pk__gt=entry.model._meta.pk.to_python(cursor["after"]))
+            try:
+                after = entry.model._meta.pk.to_python(cursor["after"])
+            except ValidationError as exc:
+                raise BadMessage(
+                    f"cursor after={cursor['after']!r:.40}: {'; '.join(exc.messages)}"
+                ) from exc
+            rows = rows.filter(pk__gt=after)
         batch = list(rows.values_list("pk", entry.field.attname)[: self.batch_size])
         specs = self._required_specs(entry)
         required = {_ref(entry, pk): (str(name), specs) for pk, name in batch}

@@ -88,10 +88,8 @@ def source_forget(model_label: str, object_id: str, field: str) -> dict[str, int
     The row is read again first: if it has a file by now (cleared, then set again before
     this ran), the generation task of that file owns the state and nothing is retired.
     """
-    entry = registry.field_for(model_label, field)
-    if entry is None:
-        return {"status": "unregistered"}
-    instance = entry.model._default_manager.filter(pk=object_id).first()
+    entry = registry.field_named(model_label, field)
+    instance = registry.row_for(entry, object_id)
     if instance is not None and registry.file_name(instance, entry):
         return {"status": "has-file"}
     return {"status": "forgotten", "retired": source_point_at(entry, object_id, "")}
