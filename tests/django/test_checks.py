@@ -261,6 +261,8 @@ CASES: list[tuple[str, object, set[str], str]] = [
         {**VALID, "WORKER_MEMORY_BUDGET": "2GB"},
         {"rendition_worker.E003"},
         "not '2GB'",
+    ),
+    (
         "time-limit-zero",
         {**VALID, "TIME_LIMIT": 0},
         {"rendition_worker.E003"},
