@@ -13,8 +13,9 @@ from django.core.cache import BaseCache, caches
 
 from rendition_worker.conf import get_settings
 
-# 2: an entry holds (renditions, placeholder), no longer the renditions alone.
-KEY_VERSION = 2
+# 2: an entry holds (renditions, placeholder), no longer the renditions alone;
+# 3: and the state row's (state, error).
+KEY_VERSION = 3
 
 
 def lookup_cache() -> BaseCache:

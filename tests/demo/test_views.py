@@ -91,7 +91,16 @@ def test_an_uploaded_photo_is_pending_then_ready_with_every_format(
     assert html.count("<tr data-spec=") == 7
     gallery = Cards(body(client.get("/")))
     assert gallery.states == {str(photo.pk): "ready"}
-    assert dict(gallery.sources[str(photo.pk)]) == sources
+    # The gallery's cards are the thumb crop (webp only here: no <source>), on the colour
+    # the worker recorded.
+    card = gallery.images[str(photo.pk)]
+    thumb = rendition_worker.get_rendition(photo.image, "fill-64x64|format-webp")
+    assert thumb is not None
+    assert (card["src"], card["width"], card["height"]) == (thumb.url, "64", "64")
+    placeholder = rendition_worker.get_placeholder(photo.image)
+    assert placeholder is not None
+    assert card["style"] == f"background-color:{placeholder.color}"
+    assert str(photo.pk) not in gallery.sources
 
 
 def test_a_file_that_is_not_an_image_is_refused_and_nothing_saved(
@@ -157,3 +166,43 @@ def test_the_admin_lists_photos_with_their_renditions_panel(
     # The panel lists each rendition by its spec, with its file.
     for spec in ("width-320|format-avif", "fill-64x64|format-webp"):
         assert spec in change
+
+
+def test_the_api_lists_photos_with_their_renditions(worker: WorkerTracker, client: Client) -> None:
+    photo = Photo.objects.create(title="Dune", image=photo_upload("dune.jpg", (400, 300)))
+    wait_for(
+        lambda: rendition_worker.get_status(photo.image).state == "ready",
+        what="the photo's renditions",
+    )
+    response = client.get("/api/photos/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    (row,) = response.json()["results"]
+    assert (row["id"], row["title"]) == (photo.pk, "Dune")
+    image = row["image"]
+    assert image["state"] == "ready"
+    assert (image["width"], image["height"]) == (400, 300)
+    assert image["original"] == f"http://testserver{photo.image.url}"
+    assert image["placeholder"]["color"].startswith("#")
+    hero = image["sets"]["hero"]
+    assert list(hero) == ["avif", "webp", "jpeg"]
+    for fmt, listed in hero.items():
+        assert [item["width"] for item in listed] == list(HERO_WIDTHS), fmt
+        assert all(item["url"].startswith("http://testserver/media/") for item in listed)
+        fetched = client.get(listed[-1]["url"].removeprefix("http://testserver"))
+        assert fetched.status_code == 200
+    assert [(item["width"], item["height"]) for item in image["sets"]["thumb"]["webp"]] == [
+        (64, 64)
+    ]
+
+
+def test_staff_get_the_focal_point_link_and_visitors_do_not(
+    worker: WorkerTracker, client: Client, admin_user: Any
+) -> None:
+    photo = Photo.objects.create(title="Pier", image=photo_upload("pier.jpg", (400, 300)))
+    change = f"/admin/demo/photo/{photo.pk}/change/"
+    assert change not in Cards(body(client.get(f"/photos/{photo.pk}/"))).links
+    client.force_login(admin_user)
+    assert change in Cards(body(client.get(f"/photos/{photo.pk}/"))).links
+    # The change page it leads to has the focal point widget.
+    assert "focal" in body(client.get(change)).lower()

@@ -204,8 +204,15 @@ def test_a_cached_lookup_costs_no_query_and_holds_only_primitives(
     assert again == first
     assert one == first[THUMB]
 
-    rows, placeholder = cache.lookup_cache().get(key_of(photo))
-    assert json.loads(json.dumps([rows, placeholder])) == [[list(row) for row in rows], None]
+    rows, placeholder, status = cache.lookup_cache().get(key_of(photo))
+    assert json.loads(json.dumps([rows, placeholder, status])) == [
+        [list(row) for row in rows],
+        None,
+        ["ready", ""],
+    ]
+    # The status comes with the same entry: no query either.
+    with django_assert_num_queries(0):
+        assert rendition_worker.get_status(again_photo.image).state == "ready"
     assert {row[1] for row in rows} == set(PHOTO_SPECS)
 
     # URLs are made at read time (a signed URL expires; a cached one would outlive it).
@@ -271,10 +278,13 @@ def test_status_follows_the_state_row_of_the_current_file() -> None:
     record([photo], [], source_name="photos/replaced.jpg", source_state=State.READY)
     assert rendition_worker.get_status(photo.image).state == "pending"  # a row of another file
 
+    # The worker invalidates the cached lookup on every write; these hand-made writes do too.
     Source.objects.filter(object_id=str(photo.pk)).update(name=photo.image.name)
+    cache.lookup_cache().clear()
     assert rendition_worker.get_status(photo.image) == Status("ready", "")
 
     Source.objects.filter(object_id=str(photo.pk)).update(state=State.PENDING)
+    cache.lookup_cache().clear()
     assert rendition_worker.get_status(photo.image).state == "pending"
 
 

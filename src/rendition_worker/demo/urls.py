@@ -1,4 +1,4 @@
-"""The demo's URLs: gallery, photo pages, upload, admin, and (switchable) media and static files.
+"""The demo's URLs: gallery, photo pages, upload, JSON API, admin, media and static files.
 
 Django serving files is fine for a demo and for a small site behind a cache; a larger one
 sets DEMO_SERVE_MEDIA=0 and DEMO_SERVE_STATIC=0 and lets a web server or the bucket's
@@ -14,12 +14,13 @@ from django.contrib import admin
 from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import URLPattern, URLResolver, include, path, re_path
 
-from rendition_worker.demo import views
+from rendition_worker.demo import api, views
 
 demo_patterns: list[URLPattern | URLResolver] = [
     path("", views.gallery, name="gallery"),
     path("photos/<int:pk>/", views.photo_detail, name="photo"),
     path("upload/", views.upload, name="upload"),
+    path("api/photos/", api.PhotoList.as_view(), name="api-photos"),
 ]
 
 urlpatterns: list[URLPattern | URLResolver] = [

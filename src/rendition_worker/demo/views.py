@@ -35,11 +35,11 @@ logger = logging.getLogger(__name__)
 
 
 def gallery(request: HttpRequest) -> HttpResponse:
-    """The newest photos, each as a `<picture>` of its `hero` set, with its state."""
+    """The newest photos, each as a `<picture>` of its `thumb` crop, with its state."""
     page = Paginator(Photo.objects.all(), PAGE_SIZE).get_page(request.GET.get("page"))
     photos = list(page.object_list)
     rendition_worker.prefetch_renditions(photos, "image")
-    # One indexed query per photo; a page holds at most PAGE_SIZE of them.
+    # The statuses come with the prefetched renditions: no query per photo.
     cards = [(photo, rendition_worker.get_status(photo.image)) for photo in photos]
     pending = any(status.state == "pending" for _, status in cards)
     context = {
@@ -60,6 +60,9 @@ def photo_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "status": status,
         "renditions": list(rendition_worker.get_renditions(photo.image).values()),
         "sizes": DETAIL_SIZES,
+        # The admin's change page has the focal point widget; staff who may change a photo
+        # get a link to it.
+        "can_focus": request.user.has_perm("demo.change_photo"),
         "refresh": REFRESH_SECONDS if status.state == "pending" else None,
     }
     return render(request, "demo/detail.html", context)

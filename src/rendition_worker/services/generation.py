@@ -81,6 +81,7 @@ def source_fail(model_label: str, object_id: str, field: str, name: str, error: 
     ).update(
         state=State.FAILED, error=error, claim="", claimed_until=None, finished_at=timezone.now()
     )
+    cache.invalidate(content_type.pk, object_id, field, name)
 
 
 def source_generate(

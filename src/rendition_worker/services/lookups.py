@@ -44,8 +44,12 @@ _JOINED = tuple(f"ready__{column}" for column in _COLUMNS)
 # The placeholder, JSON-able: (color, data URI, width, height) of the upright source.
 PlaceholderRow = tuple[str, str, int, int]
 _PLACEHOLDER_COLUMNS = ("placeholder_color", "placeholder_uri", "width", "height")
-# One cached lookup of a source version: its ready renditions and its placeholder.
-Entry = tuple[tuple[Row, ...], PlaceholderRow | None]
+# The state row's (state, error) for this version; None while the worker has not recorded it.
+StatusRow = tuple[str, str]
+# One cached lookup of a source version: its ready renditions, placeholder and state.
+Entry = tuple[tuple[Row, ...], PlaceholderRow | None, StatusRow | None]
+# What a version nobody has recorded yet looks up as.
+_NOTHING: Entry = ((), None, None)
 
 StatusState = Literal["pending", "ready", "failed"]
 
@@ -83,6 +87,11 @@ def registered_field(fieldfile: FieldFile) -> RegisteredField:
     return _entry_for(type(fieldfile.instance), fieldfile.field.name)
 
 
+def field_entry(model: type[models.Model], field_name: str) -> RegisteredField:
+    """The registered field `field_name` of `model`; `ValueError` naming it otherwise."""
+    return _entry_for(model, field_name)
+
+
 def get_renditions(fieldfile: FieldFile) -> dict[str, RenditionInfo]:
     """The ready renditions of the field's current file, keyed by canonical spec."""
     entry = registered_field(fieldfile)
@@ -90,7 +99,7 @@ def get_renditions(fieldfile: FieldFile) -> dict[str, RenditionInfo]:
     instance = fieldfile.instance
     if not name or instance.pk is None:
         return {}
-    rows, _ = _entry(entry, instance, name)
+    rows, _, _ = _entry(entry, instance, name)
     return _infos(entry, rows)
 
 
@@ -106,7 +115,7 @@ def get_placeholder(fieldfile: FieldFile) -> Placeholder | None:
     instance = fieldfile.instance
     if not name or instance.pk is None:
         return None
-    _, placeholder = _entry(entry, instance, name)
+    _, placeholder, _ = _entry(entry, instance, name)
     return Placeholder(*placeholder) if placeholder is not None else None
 
 
@@ -137,17 +146,12 @@ def get_status(fieldfile: FieldFile) -> Status:
         return Status("ready")
     if instance.pk is None:
         return Status("pending")
-    content_type = ContentType.objects.get_for_model(entry.model)
-    row = (
-        Source.objects.filter(
-            content_type=content_type, object_id=str(instance.pk), field=entry.name
-        )
-        .values_list("name", "state", "error")
-        .first()
-    )
-    if row is None or row[0] != name:
+    # Served by the same cached lookup (and prefetch) as the renditions: a list of many
+    # statuses costs no query per row.
+    _, _, recorded = _entry(entry, instance, name)
+    if recorded is None:
         return Status("pending")
-    _, state, error = row
+    state, error = recorded
     if state == State.READY:
         return Status("ready")
     if state == State.FAILED:
@@ -199,8 +203,8 @@ def _lookup(entry: RegisteredField, object_id: str, name: str) -> Entry:
     if cached is not None:
         return cached
     loaded = _load(content_type, [object_id], entry.name)
-    found = loaded.get((object_id, name), ((), None))
-    store.set(key, found, _timeout(store, entry, found[0]))
+    found = loaded.get((object_id, name), _NOTHING)
+    store.set(key, found, _timeout(store, entry, found))
     return found
 
 
@@ -209,26 +213,39 @@ def _load(
 ) -> dict[tuple[str, str], Entry]:
     """The entries of these rows' field, keyed (object id, file name), in one query.
 
-    A version's renditions are those made from the file its state row follows; so is its
-    placeholder. Rows of a file the state does not follow yet have no entry (a miss).
+    A version's renditions are those made from the file its state row follows; so are its
+    placeholder and state. Rows of a file the state does not follow yet have no entry.
     """
     joined = (
         Source.objects.filter(
             content_type=content_type, object_id__in=list(object_ids), field=field
         )
         .annotate(ready=FilteredRelation("renditions", condition=Q(renditions__state=State.READY)))
-        .values_list("object_id", "name", *_PLACEHOLDER_COLUMNS, "ready__source_name", *_JOINED)
+        .values_list(
+            "object_id",
+            "name",
+            "state",
+            "error",
+            *_PLACEHOLDER_COLUMNS,
+            "ready__source_name",
+            *_JOINED,
+        )
     )
     rows: dict[tuple[str, str], list[Row]] = {}
     placeholders: dict[tuple[str, str], PlaceholderRow | None] = {}
-    for object_id, name, color, uri, width, height, made_from, *values in joined:
+    statuses: dict[tuple[str, str], StatusRow] = {}
+    for object_id, name, state, error, color, uri, width, height, made_from, *values in joined:
         version = (object_id, name)
+        statuses[version] = (state, error)
         complete = bool(color and uri and width and height)
         placeholders[version] = (color, uri, width, height) if complete else None
         collected = rows.setdefault(version, [])
         if made_from == name and values[0]:  # renditions of another file are not current
             collected.append(_row(values))
-    return {version: (tuple(rows[version]), placeholders[version]) for version in rows}
+    return {
+        version: (tuple(rows[version]), placeholders[version], statuses[version])
+        for version in rows
+    }
 
 
 def _prefetch(entry: RegisteredField, instances: Sequence[models.Model]) -> None:
@@ -255,9 +272,9 @@ def _prefetch(entry: RegisteredField, instances: Sequence[models.Model]) -> None
         # Empty results are cached too, so that a warm page costs no query at all.
         by_timeout: dict[float | None, dict[str, Entry]] = {}
         for version in missing:
-            value = loaded.get(version, ((), None))
+            value = loaded.get(version, _NOTHING)
             found[version] = value
-            by_timeout.setdefault(_timeout(store, entry, value[0]), {})[keys[version]] = value
+            by_timeout.setdefault(_timeout(store, entry, value), {})[keys[version]] = value
         for timeout, entries in by_timeout.items():
             store.set_many(entries, timeout)
     for version, holders in versions.items():
@@ -272,9 +289,13 @@ def _row(values: Sequence[Any]) -> Row:
     return (name, spec, fmt, width or 0, height or 0, size or 0)
 
 
-def _timeout(store: BaseCache, entry: RegisteredField, rows: Sequence[Row]) -> float | None:
+def _timeout(store: BaseCache, entry: RegisteredField, found: Entry) -> float | None:
+    rows, _, recorded = found
     required = {str(spec) for spec in get_settings().specs_for(entry.key)}
-    if required <= {row[1] for row in rows}:
+    # Complete only once the state says so too: every rendition can be there a moment
+    # before the worker records the source as ready.
+    ready = recorded is not None and recorded[0] == State.READY
+    if ready and required <= {row[1] for row in rows}:
         return store.default_timeout
     if store.default_timeout is None:
         return INCOMPLETE_TIMEOUT
