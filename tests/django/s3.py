@@ -72,17 +72,34 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+def s3_options(endpoint: str, bucket: str, location: str = "media") -> dict[str, Any]:
+    """`S3Storage` options for `bucket` on the loopback S3, every name under `location`."""
+    return {
+        "bucket_name": bucket,
+        "endpoint_url": endpoint,
+        "access_key": ACCESS_KEY,
+        "secret_key": SECRET_KEY,
+        "region_name": REGION,
+        "location": location,
+        # django-storages' default, stated for the reader: rendition names are
+        # content-addressed, so a name never needs a free variant.
+        "file_overwrite": True,
+    }
+
+
 def s3_storage(endpoint: str, bucket: str, location: str = "media") -> Any:
     """A real django-storages `S3Storage` on `bucket`, with every name under `location`."""
     from storages.backends.s3 import S3Storage
 
-    return S3Storage(
-        bucket_name=bucket,
-        endpoint_url=endpoint,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-        region_name=REGION,
-        location=location,
-        # Rendition names are content-addressed: a name never needs a free variant.
-        file_overwrite=True,
-    )
+    return S3Storage(**s3_options(endpoint, bucket, location))
+
+
+def s3_storages(endpoint: str, bucket: str, location: str = "media") -> dict[str, Any]:
+    """A STORAGES setting whose default storage is `bucket` on the loopback S3."""
+    return {
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": s3_options(endpoint, bucket, location),
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

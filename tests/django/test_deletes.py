@@ -29,7 +29,7 @@ from rendition_worker.models import Tombstone
 from rendition_worker.services import deletion
 from rendition_worker.services.deletion import files_delete
 from rendition_worker.services.tombstones import RETRY_FAILED_AFTER, tombstones_delete
-from tests.django.s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_bucket, s3_client, s3_endpoint
+from tests.django.s3 import s3_bucket, s3_client, s3_endpoint, s3_storages
 
 # The S3 fixtures are imported for pytest to find; exported so linters see them used.
 __all__ = ["s3_bucket", "s3_endpoint"]
@@ -83,20 +83,7 @@ class Bucket:
 @pytest.fixture
 def bucket(settings: Any, s3_endpoint: str, s3_bucket: str) -> Iterator[Bucket]:
     """Make a fresh bucket the default storage; observe the storage's delete requests."""
-    settings.STORAGES = {
-        "default": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {
-                "bucket_name": s3_bucket,
-                "endpoint_url": s3_endpoint,
-                "access_key": ACCESS_KEY,
-                "secret_key": SECRET_KEY,
-                "region_name": REGION,
-                "location": LOCATION,
-            },
-        },
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+    settings.STORAGES = s3_storages(s3_endpoint, s3_bucket, LOCATION)
     observed = Bucket(s3_bucket, s3_client(s3_endpoint))
 
     def batch(params: dict[str, Any], **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from rendition_worker.core.naming import parse_rendition_name
 from rendition_worker.models import Rendition, Source, Tombstone
-from tests.django.s3 import ACCESS_KEY, REGION, SECRET_KEY, s3_bucket, s3_client, s3_endpoint
+from tests.django.s3 import s3_bucket, s3_client, s3_endpoint, s3_storages
 from tests.live_worker import (
     WorkerTracker,
     jpeg_bytes,
@@ -93,21 +93,7 @@ def bucket(
     worker: WorkerTracker, settings: Any, s3_endpoint: str, s3_bucket: str
 ) -> Iterator[Bucket]:
     """Make a fresh bucket the default storage (so every registered field's) for one test."""
-    settings.STORAGES = {
-        "default": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {
-                "bucket_name": s3_bucket,
-                "endpoint_url": s3_endpoint,
-                "access_key": ACCESS_KEY,
-                "secret_key": SECRET_KEY,
-                "region_name": REGION,
-                "location": LOCATION,
-                "file_overwrite": True,  # django-storages' default, stated for the reader
-            },
-        },
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+    settings.STORAGES = s3_storages(s3_endpoint, s3_bucket, LOCATION)
     storage: Any = Photo._meta.get_field("image").storage
     assert storage.bucket_name == s3_bucket
     observed = Bucket(s3_bucket, s3_client(s3_endpoint))
