@@ -245,7 +245,7 @@ class _Job:
             if not specs and self.focus.placeholder is not None:
                 # Every rendition exists under its current name: nothing to decode.
                 finished = self._finish(digest, None)
-                return {"status": "ready" if finished else "stale", "renditions": 0}
+                return {"status": "ready" if finished else self._lost(), "renditions": 0}
             try:
                 rendering = render(fp, specs, self.settings.render_options, self.focus)
             except BadSource as exc:
@@ -272,7 +272,7 @@ class _Job:
         source = rendering.source
         finished = self._finish(digest, (source.width, source.height))
         return {
-            "status": "ready" if finished else "stale",
+            "status": "ready" if finished else self._lost(),
             "renditions": recorded,
             "written": written,
             "bytes": total,
@@ -444,6 +444,15 @@ class _Job:
         )
         cache.invalidate(self.content_type.pk, self.source.object_id, self.entry.name, self.name)
         return bool(done)
+
+    def _lost(self) -> str:
+        """Why `_finish` recorded nothing: "stale" (replaced, deleted) or "claimed".
+
+        A new upload's own task resets the claim of a duplicate that took the same name first
+        (it cannot compare bytes no one has recorded yet): that job was not stale.
+        """
+        current = Source.objects.filter(pk=self.source.pk, name=self.name).exists()
+        return "claimed" if current else "stale"
 
     def _fail(self, digest: str, error: BadSource) -> dict[str, Any]:
         logger.warning(
