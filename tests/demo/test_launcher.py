@@ -51,15 +51,28 @@ def free_port() -> int:
         return port
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process is left in the process group."""
+def group_alive(pgid: int, seconds: float = 10.0) -> bool:
+    """Whether a live process (not a zombie init has yet to reap) stays in the group.
+
+    A SIGKILLed pool process is a zombie until init reaps it, and the signal itself takes
+    a moment to land on a loaded machine: give it `seconds`.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        if not any(_live_in_group(entry, pgid) for entry in Path("/proc").iterdir()):
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+
+
+def _live_in_group(entry: Path, pgid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        # /proc/PID/stat: "pid (comm) state ppid pgrp ...", comm may hold spaces.
+        fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False  # not a process, or gone while we read
+    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 class DemoRun:
