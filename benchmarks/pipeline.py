@@ -17,7 +17,9 @@ Memory is a side's peak RSS (VmHWM) minus its RSS after imports, so it includes 
 libraries' code paged in by the first encode.
 
 `--huge` also renders a generated 100 MP JPEG and PNG (ours and pyvips; the baseline would take
-minutes); `--breakdown` measures, each in a fresh process, what one step of our render needs.
+minutes); `--breakdown` measures, each in a fresh process, what one step of our render needs;
+`--steady` renders the large photos in turn in one long-lived process, as a worker does, with
+glibc's heap defaults and with ours (rendition_worker.core.heap), and prints each render's peak.
 
 Run: `python benchmarks/pipeline.py` (from the project root; ../shared/corpus beside it).
 """
@@ -36,7 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from support import RssSampler, current_rss_mb, peak_rss_mb
+from support import RssSampler, anonymous_rss_mb, current_rss_mb, peak_rss_mb
 
 WIDTHS = (480, 960, 1440, 1920, 2560)
 FORMATS = ("avif", "webp", "jpeg")
@@ -64,6 +66,8 @@ HUGE_SIZE = (11_544, 8_658)  # 99.95 MP, 4:3, under the default MAX_PIXELS
 # A PNG cannot decode smaller: Pillow holds 4 bytes a pixel (400 MB), plus the resize's
 # band copies and the 2560 px output; its encodes come after the source is freed.
 HUGE_PEAK_MB = {"jpeg": 210.0, "png": 600.0}
+# Renders per side of --steady: each large photo twice, in turn.
+STEADY_ROUNDS = 2
 
 
 def run_baseline(photo: Path, out: Path) -> dict[str, float]:
@@ -141,6 +145,64 @@ def run_pyvips(photo: Path, out: Path) -> dict[str, float]:
     }
 
 
+def run_steady(photos: list[Path], *, heap: bool) -> dict[str, Any]:
+    """Render `photos` in turn in this one process; each render's peak anonymous RSS over idle."""
+    import threading
+
+    from rendition_worker.core import heap as core_heap
+    from rendition_worker.core import pipeline
+    from rendition_worker.core.analysis import Focus
+    from rendition_worker.core.focal import FocalMode
+    from rendition_worker.core.specs import expand_set
+
+    if not heap:  # glibc's defaults: no mmap threshold of ours, no trim after AVIF encodes
+        core_heap.map_large_buffers = lambda: False  # type: ignore[assignment]
+        core_heap.release_free_memory = lambda: None
+    specs = expand_set("bench", {"widths": list(WIDTHS), "formats": list(FORMATS)})
+    idle = anonymous_rss_mb()
+    peak = [idle]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], anonymous_rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    peaks = []
+    for photo in photos:
+        peak[0] = anonymous_rss_mb()
+        with photo.open("rb") as fp:
+            for _ in pipeline.render(fp, specs, focus=Focus(mode=FocalMode.AUTO)):
+                pass
+        peaks.append(peak[0] - idle)
+    done.set()
+    sampler.join()
+    return {"peaks_mb": peaks, "idle_after_mb": anonymous_rss_mb() - idle}
+
+
+def bench_steady(photos: list[Path]) -> None:
+    """Print the per-render peaks of a long-lived process with glibc's heap and with ours."""
+    order = [photo for _ in range(STEADY_ROUNDS) for photo in photos]
+    listing = os.pathsep.join(str(photo) for photo in order)
+    sides = {name: _side(f"steady:{name}", Path(listing), Path()) for name in ("glibc", "ours")}
+    print(
+        f"\nSteady state: one process renders {len(photos)} photos >= 8 MP in turn, "
+        f"{STEADY_ROUNDS} rounds ({', '.join(photo.name for photo in photos)});\n"
+        "peak anonymous RSS of each render over the process's idle RSS, MB:"
+    )
+    for name, label in (("glibc", "glibc heap defaults"), ("ours", "ours (core.heap)")):
+        peaks = " ".join(f"{value:4.0f}" for value in sides[name]["peaks_mb"])
+        print(f"  {label:20} {peaks}   idle after: {sides[name]['idle_after_mb']:4.0f}")
+    worst = {name: max(side["peaks_mb"]) for name, side in sides.items()}
+    print(
+        f"  worst render: ours {worst['ours']:.0f} MB / glibc {worst['glibc']:.0f} MB = "
+        f"{worst['ours'] / worst['glibc']:.2f}x; held after the last render: ours "
+        f"{sides['ours']['idle_after_mb']:.0f} MB, glibc {sides['glibc']['idle_after_mb']:.0f} MB"
+    )
+
+
 RUNNERS = {"baseline": run_baseline, "ours": run_ours, "pyvips": run_pyvips}
 
 
@@ -148,7 +210,7 @@ class SideFailed(Exception):
     """A side could not render a photo (libvips refuses some damaged JPEGs Pillow reads)."""
 
 
-def _side(kind: str, photo: Path, out: Path) -> dict[str, float]:
+def _side(kind: str, photo: Path, out: Path) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, __file__, "--side", kind, str(photo), str(out)],
         check=False,
@@ -351,23 +413,27 @@ def run_part(part: str, photo: Path) -> dict[str, float]:
     from PIL import Image
 
     from rendition_worker.core.encoding import EncoderSettings, encode
+    from rendition_worker.core.sources import Limits, decode_source, open_source
     from rendition_worker.core.specs import DEFAULT_QUALITY
 
-    with Image.open(photo) as opened:
-        opened.draft("RGB", (max(WIDTHS), max(WIDTHS)))
-        if part == "decode":
-            with RssSampler() as sampler:
-                opened.load()
-            return {"growth_mb": sampler.growth_mb}
-        source = opened.convert("RGB")
-    del opened
-    height = round(source.height * max(WIDTHS) / source.width)
+    # The source as the engine decodes it for a 2560 px widest output (stored orientation).
+    with photo.open("rb") as fp:
+        opened = open_source(fp, Limits())
+        scale = max(WIDTHS) / opened.size[0]
+        needed = (round(opened.stored_size[0] * scale), round(opened.stored_size[1] * scale))
+        with RssSampler() as sampler:
+            source = decode_source(opened, fp, needed)
+    if part == "decode":
+        return {"growth_mb": sampler.growth_mb}
     if part == "resize":
         with RssSampler() as sampler:
-            source.resize((max(WIDTHS), height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            source.resize(needed, Image.Resampling.LANCZOS, reducing_gap=3.0)
         return {"growth_mb": sampler.growth_mb}
-    fmt, width = part.split("-")
-    image = source.resize((int(width), round(source.height * int(width) / source.width)))
+    fmt, wide = part.split("-")
+    if opened.size != opened.stored_size:  # encode the upright size the pipeline encodes
+        source = source.transpose(Image.Transpose.ROTATE_90)
+    size = (int(wide), round(opened.size[1] * int(wide) / opened.size[0]))
+    image = source.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0).convert("RGB")
     del source
     settings = EncoderSettings()
     # A tiny encode first: the figure is the encoder's working memory, not its code.
@@ -400,11 +466,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--huge", action="store_true", help="also render a 100 MP source")
     parser.add_argument("--breakdown", action="store_true", help="also measure each step")
+    parser.add_argument("--steady", action="store_true", help="also render in one process")
     parser.add_argument("--side", nargs=3, metavar=("KIND", "PHOTO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         kind, photo, out = args.side
-        if kind.startswith("part:"):
+        if kind.startswith("steady:"):
+            paths = [Path(path) for path in photo.split(os.pathsep)]
+            print(json.dumps(run_steady(paths, heap=kind == "steady:ours")))
+        elif kind.startswith("part:"):
             print(json.dumps(run_part(kind.removeprefix("part:"), Path(photo))))
         else:
             print(json.dumps(RUNNERS[kind](Path(photo), Path(out))))
@@ -419,9 +489,11 @@ def main() -> None:
         rows.append(bench_photo(photo, args.repeat))
     print_table(rows)
     huge_met = bench_huge(args.corpus, args.repeat) if args.huge else True
+    large = [row["photo"] for row in rows if row["megapixels"] * 1e6 >= TARGET_MIN_PIXELS]
     if args.breakdown:
-        large = [row["photo"] for row in rows if row["megapixels"] * 1e6 >= TARGET_MIN_PIXELS]
         print_breakdown(args.corpus / "photos" / (large or [photos[0].name])[0])
+    if args.steady:
+        bench_steady([args.corpus / "photos" / name for name in large or [photos[0].name]])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     # A peer that cannot read a photo is reported, not held against us; ours must read all.

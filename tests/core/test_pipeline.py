@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import random
 import struct
 import threading
@@ -14,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, ImageCms, ImageFile, ImageOps, ImageStat, PngImagePlugin
 
 from rendition_worker.core.errors import BadSource, SourceProblem
 from rendition_worker.core.pipeline import FORMAT_PRIORITY, Rendered, RenderOptions, render
-from rendition_worker.core.sources import Limits
+from rendition_worker.core.sources import Limits, dct_eighths, decode_source, open_source
 from rendition_worker.core.specs import parse_spec
 
 Color = tuple[int, ...]
@@ -141,6 +143,96 @@ def test_output_is_upright_for_every_orientation(orientation: int, container: st
         assert image.size == size, spec
         assert close_layout(image, upright), f"{spec}: {quadrant_colors(image)}"
         assert ORIENTATION not in image.getexif(), spec
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_output_is_upright_when_the_jpeg_decodes_at_eighths(orientation: int) -> None:
+    # width-230 of a 300x200 picture decodes at 7/8 through libjpeg-turbo, not Pillow's draft.
+    upright = quadrants(300, 200)
+    transpose = TO_STORED[orientation]
+    stored = upright if transpose is None else upright.transpose(transpose)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    outputs = render_all(encoded(stored, "JPEG", exif=exif, quality=95), ["width-230|format-png"])
+    image = decoded(outputs[0])
+    assert image.size == (230, 153)
+    assert close_layout(image, upright), quadrant_colors(image)
+
+
+# --- Decoding at a reduced size ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "needed", "eighths"),
+    [
+        ((4032, 3024), (2560, 1920), 6),  # 5/8 would be 2520 wide
+        ((4032, 3024), (2016, 1512), 4),
+        ((4032, 3024), (1000, 2000), 6),  # the taller need decides
+        ((3648, 2736), (2560, 1920), 6),
+        ((4000, 3000), (3600, 2700), 8),
+        ((11544, 8658), (2560, 1920), 2),
+        ((100, 100), (1, 1), 1),
+    ],
+)
+def test_the_smallest_eighths_scale_that_covers_the_need(
+    stored: tuple[int, int], needed: tuple[int, int], eighths: int
+) -> None:
+    assert dct_eighths(stored, needed) == eighths
+
+
+def psnr(image: Image.Image, reference: Image.Image) -> float:
+    """Peak signal-to-noise ratio of `image` against `reference` in RGB, in dB."""
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    b = np.asarray(reference.convert("RGB"), dtype=np.float64)
+    error = float(np.mean((a - b) ** 2))
+    return math.inf if error == 0 else 10 * math.log10(255**2 / error)
+
+
+@pytest.mark.parametrize(
+    ("mode", "width", "decoded_size", "decoded_mode"),
+    [
+        ("RGB", 290, (300, 225), "RGBX"),  # 6/8: libjpeg-turbo through simplejpeg
+        ("L", 290, (300, 225), "L"),
+        ("RGB", 330, (350, 263), "RGBX"),  # 7/8
+        ("RGB", 200, (200, 150), "RGB"),  # 4/8: Pillow's draft
+        ("RGB", 390, (400, 300), "RGB"),  # no scale fits: a full decode
+    ],
+)
+def test_jpeg_decodes_at_the_scale_the_largest_output_needs(
+    mode: str, width: int, decoded_size: tuple[int, int], decoded_mode: str
+) -> None:
+    picture = photo_like(400, 300).convert(mode)
+    source = encoded(picture, "JPEG", quality=95)
+    opened = open_source(source, Limits())
+    pixels = decode_source(opened, source, (width, math.ceil(width * 3 / 4)))
+    assert (pixels.size, pixels.mode) == (decoded_size, decoded_mode)
+
+    source.seek(0)
+    output = decoded(render_all(source, [f"width-{width}|format-png"])[0])
+    assert output.mode == ("L" if mode == "L" else "RGB")
+    # As close to a full decode and one Lanczos resize as Pillow's own halving draft gets.
+    reference = Image.open(source).resize(output.size, Image.Resampling.LANCZOS)
+    assert psnr(output, reference) > 32
+
+
+def with_stray_bytes(data: bytes) -> bytes:
+    """`data` with junk between two markers: libjpeg warns, Pillow decodes it all the same."""
+    quantisation = data.index(b"\xff\xdb")
+    return data[:quantisation] + b"\x00\x17\x2a" + data[quantisation:]
+
+
+def test_a_jpeg_libjpeg_turbo_only_warns_about_still_renders_at_eighths() -> None:
+    clean = encoded(photo_like(400, 300), "JPEG", quality=90).getvalue()
+    damaged = with_stray_bytes(clean)
+    # The fixture: strict libjpeg-turbo refuses it, Pillow reads every pixel of it.
+    with pytest.raises(ValueError, match="extraneous"):
+        simplejpeg.decode_jpeg(damaged, min_width=290, strict=True)
+    assert Image.open(io.BytesIO(damaged)).tobytes() == Image.open(io.BytesIO(clean)).tobytes()
+
+    output = decoded(render_all(io.BytesIO(damaged), ["width-290|format-png"])[0])
+    expected = decoded(render_all(io.BytesIO(clean), ["width-290|format-png"])[0])
+    assert output.size == expected.size == (290, 218)
+    assert psnr(output, expected) > 32
 
 
 # --- Modes and colour ------------------------------------------------------------------------
@@ -453,9 +545,10 @@ def test_encodes_over_the_memory_budget_still_run() -> None:
     assert sorted(str(rendered.spec) for rendered in outputs) == sorted(specs)
 
 
-def test_the_decoded_source_is_freed_before_the_first_rendition_comes_out() -> None:
+@pytest.mark.parametrize("largest", [200, 290])  # Pillow's 1/2 draft, libjpeg-turbo's 6/8
+def test_the_decoded_source_is_freed_before_the_first_rendition_comes_out(largest: int) -> None:
     # The decoded source is the largest buffer; the encoders must not allocate beside it.
-    specs = [parse_spec(f"width-{w}|format-{fmt}") for w in (100, 200) for fmt in FORMATS]
+    specs = [parse_spec(f"width-{w}|format-{fmt}") for w in (100, largest) for fmt in FORMATS]
     rendering = render(encoded(photo_like(400, 300), "JPEG"), specs)
     source = weakref.ref(rendering._pixels)
     outputs = iter(rendering)
@@ -480,16 +573,17 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) * 6 // 10]
 
 
+@pytest.mark.parametrize("width", [100, 180])  # decoded by Pillow at 1/2, by libjpeg-turbo at 6/8
 @pytest.mark.parametrize("load_truncated", [False, True])
 def test_truncated_jpeg_is_corrupt_whatever_load_truncated_images_says(
-    load_truncated: bool, monkeypatch: pytest.MonkeyPatch
+    load_truncated: bool, width: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = truncated_jpeg()
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
     if load_truncated:  # the danger is real: Pillow then decodes it without complaint
         Image.open(io.BytesIO(data)).load()
     with pytest.raises(BadSource) as caught:
-        render_all(io.BytesIO(data), ["width-100|format-jpeg"])
+        render_all(io.BytesIO(data), [f"width-{width}|format-jpeg"])
     assert caught.value.problem is SourceProblem.CORRUPT
     assert "damaged" in str(caught.value)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is load_truncated

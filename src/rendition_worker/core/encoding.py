@@ -24,7 +24,8 @@ SVT_MIN_DIMENSION = 4
 # pool threads. One at a time per process; SVT-AV1 uses every core for one encode anyway.
 _AVIF_LOCK = threading.Lock()
 # Bumped whenever a change to the pipeline changes output pixels, so that names change too.
-PIPELINE_VERSION = 1
+# 2: JPEGs decode at M/8 scales, not only halves (sources.dct_eighths).
+PIPELINE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,9 @@ class EncoderSettings:
     """Encoder choices that change output bytes; part of every rendition's name."""
 
     avif_codec: str = "svt"
-    avif_speed: int = 8
+    # SVT-AV1's fastest still-picture preset (10 and up map to 9): against 8, on a 12 MP
+    # photo's 5 widths, 19% less AVIF encode time for +2% AVIF bytes and -0.0004 SSIM.
+    avif_speed: int = 9
     # Method 2 vs libwebp's default 4, on 12 MP photos: 22% less wall time, +1% bytes, -0.001 SSIM.
     webp_method: int = 2
     png_compress_level: int = 6

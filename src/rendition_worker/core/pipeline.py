@@ -21,6 +21,7 @@ from typing import IO
 
 from PIL import Image
 
+from rendition_worker.core import heap
 from rendition_worker.core.analysis import SMALL_SIDE, Analysis, Focus, analyse
 from rendition_worker.core.color import to_srgb
 from rendition_worker.core.encoding import (
@@ -161,6 +162,7 @@ class Rendering:
         """Encode every planned rendition, yielding them cheapest format first."""
         if self._pixels is None:
             raise RuntimeError("a Rendering can be iterated only once")
+        heap.map_large_buffers()
         with BudgetPool(self._options.workers, self._options.memory_budget) as pool:
             futures: dict[_EncodeKey, Future[tuple[bytes, float]]] = {}
             outputs = self._schedule(pool, futures)
@@ -305,7 +307,8 @@ def _small_copy(pixels: Image.Image, orientation: int) -> Image.Image:
         scale = SMALL_SIDE / max(small.size)
         size = (max(1, round(small.width * scale)), max(1, round(small.height * scale)))
         small = small.resize(size, Image.Resampling.BOX)
-    small = to_srgb(small if small is not pixels else pixels.copy(), pixels.info.get("icc_profile"))
+    small = _without_padding(small if small is not pixels else pixels.copy())
+    small = to_srgb(small, pixels.info.get("icc_profile"))
     if orientation in _TRANSPOSE:
         small = small.transpose(_TRANSPOSE[orientation])
     return small
@@ -341,15 +344,20 @@ def _plan(
 
 def _needed_size(source: OpenedSource, plans: dict[Spec, Geometry]) -> Size | None:
     scale = max((geometry.scale for geometry in plans.values()), default=1.0)
-    if scale > 0.5:
-        return None  # DCT scaling only goes in halves
+    if scale > 7 / 8:
+        return None  # DCT scaling goes in eighths
     width, height = source.stored_size
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
 def _srgb_band(image: Image.Image, size: Size, box: Box, icc: bytes | None) -> Image.Image:
     band = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
-    return to_srgb(band, icc)
+    return to_srgb(_without_padding(band), icc)
+
+
+def _without_padding(image: Image.Image) -> Image.Image:
+    # A scaled JPEG decode is RGBX (see sources); outputs are RGB.
+    return image.convert("RGB") if image.mode == "RGBX" else image
 
 
 def _drop_opaque_alpha(image: Image.Image) -> Image.Image:
@@ -391,6 +399,9 @@ def _encode_job(
     started = time.perf_counter()
     prepared = _for_format(image, output)
     data = encode(prepared, output.format, output.quality, settings, threads=threads)
+    del prepared
+    if output.format == "avif":
+        heap.release_free_memory()  # see heap: SVT-AV1 leaves its frames in the arenas
     return data, (time.perf_counter() - started) * 1000
 
 
