@@ -235,6 +235,28 @@ def test_a_jpeg_libjpeg_turbo_only_warns_about_still_renders_at_eighths() -> Non
     assert psnr(output, expected) > 32
 
 
+def with_damaged_scan(data: bytes) -> bytes:
+    """`data` with a stray restart marker halfway through its scan, its end intact."""
+    middle = data.index(b"\xff\xda") + (len(data) - data.index(b"\xff\xda")) // 2
+    return data[:middle] + b"\xff\xd3" + data[middle + 2 :]
+
+
+def test_a_jpeg_with_damaged_scan_data_renders_at_eighths_as_pillow_would_show_it() -> None:
+    damaged = with_damaged_scan(encoded(photo_like(400, 300), "JPEG", quality=90).getvalue())
+    # The fixture: strict libjpeg-turbo refuses it; Pillow, like a browser, shows it.
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):
+        simplejpeg.decode_jpeg(damaged, min_width=290, strict=True)
+    shown = Image.open(io.BytesIO(damaged))
+    shown.load()
+
+    source = io.BytesIO(damaged)
+    pixels = decode_source(open_source(source, Limits()), source, (290, 218))
+    assert (pixels.size, pixels.mode) == ((300, 225), "RGBX")  # not a full decode by Pillow
+    source.seek(0)
+    output = decoded(render_all(source, ["width-290|format-png"])[0])
+    assert psnr(output, shown.resize(output.size, Image.Resampling.LANCZOS)) > 30
+
+
 # --- Modes and colour ------------------------------------------------------------------------
 
 

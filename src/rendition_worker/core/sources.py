@@ -7,7 +7,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -34,6 +34,7 @@ WORKING_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "RGBX"})
 _PILLOW_SCALES = frozenset({1, 2, 4, 8})
 # The JPEG modes simplejpeg decodes as Pillow does (Adobe CMYK and the rest stay with Pillow).
 _SCALED_COLORSPACES = {"RGB": ("RGBX", "RGBX"), "L": ("GRAY", "L")}
+_END_OF_IMAGE = b"\xff\xd9"
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "JPEG"),
@@ -207,26 +208,36 @@ def dct_eighths(stored: Size, needed: Size) -> int:
 def _decode_scaled_jpeg(image: Image.Image, fp: IO[bytes], needed: Size) -> Image.Image | None:
     """Decode a JPEG at the M/8 scale Pillow cannot ask for, or None to let Pillow decode it.
 
-    libjpeg-turbo here is strict where Pillow is lenient (a stray byte before a marker is a
-    warning to Pillow), so on any complaint Pillow decodes the file and has the last word.
+    Pillow ignores libjpeg's warnings about damaged scan data (the picture shows, with a smudge,
+    as in browsers) but refuses a file that ends early. A strict decode that complains is
+    retried leniently only when the file ends with its end-of-image marker; any other
+    complaint leaves the file to Pillow, which has the last word.
     """
     colorspace, mode = _SCALED_COLORSPACES[image.mode]
     fp.seek(0)
     data = fp.read()
-    try:
-        array = simplejpeg.decode_jpeg(
-            data, colorspace=colorspace, min_width=needed[0], min_height=needed[1], strict=True
-        )
-    except ValueError:
-        return None
-    finally:
-        fp.seek(0)
+    fp.seek(0)
+    array = _libjpeg_turbo(data, colorspace, needed, strict=True)
+    if array is None and data.rstrip(b"\0").endswith(_END_OF_IMAGE):
+        array = _libjpeg_turbo(data, colorspace, needed, strict=False)
     del data
+    if array is None:
+        return None
     height, width = array.shape[:2]
     # Same memory as the array: Pillow's RGB also keeps four bytes a pixel.
     decoded = Image.frombuffer(mode, (width, height), array, "raw", mode, 0, 1)
     decoded.info = dict(image.info)
     return decoded
+
+
+def _libjpeg_turbo(data: bytes, colorspace: str, needed: Size, *, strict: bool) -> Any:
+    """simplejpeg's decode at the smallest M/8 scale covering `needed`, or None if it refused."""
+    try:
+        return simplejpeg.decode_jpeg(
+            data, colorspace=colorspace, min_width=needed[0], min_height=needed[1], strict=strict
+        )
+    except ValueError:
+        return None
 
 
 def to_working_mode(image: Image.Image) -> Image.Image:
