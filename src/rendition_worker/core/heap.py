@@ -37,5 +37,5 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         # SVT-AV1's threads free a 2560 px encode's 120 MB in small pieces over many arenas;
-        # without a trim most of it stays resident, and the next encode maps more beside it.
+        # without a trim most of it stays resident, and the next render maps more beside it.
         libc.malloc_trim(0)

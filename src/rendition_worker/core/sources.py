@@ -25,9 +25,9 @@ DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP") + (
 # Formats whose decoder can scale by M/8 while decoding (DCT scaling).
 DRAFTABLE_FORMATS = frozenset({"JPEG", "MPO"})
 # Working modes: 8 bits per channel, resizable by Pillow, convertible to sRGB after resizing.
-# RGBX is how a scaled decode arrives (Pillow's own 4-byte layout, no copy); bands of it are
-# made RGB after resizing.
-WORKING_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "RGBX"})
+# (A JPEG decoded at M/8 arrives as RGBX, Pillow's own 4-byte layout, without a copy: the
+# pipeline makes each resized band RGB.)
+WORKING_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK"})
 # Pillow's draft() scales JPEGs by 1/2, 1/4 and 1/8 only; libjpeg-turbo also decodes at 3/8,
 # 5/8, 6/8 and 7/8. Those go through simplejpeg: a 4032 px photo for a 2560 px output then
 # decodes at 3024 px (27 MB instead of 49, and a resize that costs 40% less).
