@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, wait
 
@@ -171,3 +174,21 @@ def test_shutdown_notifies_waiters_of_cancelled_jobs() -> None:
     closer.join(timeout=5)
     assert not pending and all(future.cancelled() for future in done)
     assert running.result(timeout=5) is True
+
+
+class Payload:
+    """Something a job's callable holds, as an encode holds a resized copy."""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_idle_worker_lets_go_of_the_job_it_ran(workers: int) -> None:
+    # The pipeline's band jobs hold the decoded source; a worker waiting for its next job
+    # must not keep it alive while the other worker's encoder allocates.
+    payload = Payload()
+    released = threading.Event()
+    weakref.finalize(payload, released.set)
+    with BudgetPool(workers, 100) as pool:
+        pool.submit(functools.partial(id, payload)).result(TIMEOUT)
+        del payload
+        gc.collect()
+        assert released.wait(TIMEOUT), "a worker still holds a finished job's callable"

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
@@ -251,13 +252,13 @@ class Rendering:
         scaled_box = (left * fx, top * fy, right * fx, bottom * fy)
         stored_size = (size[1], size[0]) if self._orientation in SWAPPING_ORIENTATIONS else size
         bands = band_boxes(stored_size, scaled_box)
-        jobs = [
+        jobs = deque(
             pool.submit(functools.partial(_srgb_band, pixels, band_size, band_box, self._icc))
             for _, band_size, band_box in bands
-        ]
+        )
         image: Image.Image | None = None
-        for (row, _, _), job in zip(bands, jobs, strict=True):
-            band = job.result()
+        for row, _, _ in bands:
+            band = jobs.popleft().result()  # a pasted band's future lets go of it
             if image is None:
                 image = Image.new(band.mode, stored_size)
             image.paste(band, (0, row))

@@ -103,14 +103,24 @@ class BudgetPool:
                 self._changed.wait()
 
     def _work(self) -> None:
-        while (job := self._take()) is not None:
-            if job.future.set_running_or_notify_cancel():
-                try:
-                    job.future.set_result(job.call())
-                except BaseException as exc:  # handed to whoever waits on the future
-                    job.future.set_exception(exc)
-            with self._changed:
-                self._running.remove(job.cost)
-                if job.lane is not None:
-                    self._busy_lanes.discard(job.lane)
-                self._changed.notify_all()
+        while self._run_next():
+            pass
+
+    def _run_next(self) -> bool:
+        # A job of its own frame: a worker that waits for the next job must not hold the last
+        # one's callable, which may hold the decoded source (384 MB for a 100 MP PNG) while
+        # the other worker's AVIF encode allocates beside it.
+        job = self._take()
+        if job is None:
+            return False
+        if job.future.set_running_or_notify_cancel():
+            try:
+                job.future.set_result(job.call())
+            except BaseException as exc:  # handed to whoever waits on the future
+                job.future.set_exception(exc)
+        with self._changed:
+            self._running.remove(job.cost)
+            if job.lane is not None:
+                self._busy_lanes.discard(job.lane)
+            self._changed.notify_all()
+        return True
