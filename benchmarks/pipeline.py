@@ -60,12 +60,13 @@ PYVIPS_MEMORY = 2.0
 PYVIPS_QUALITY = {"avif": 70, "webp": 80, "jpeg": 80}
 # The generated 100 MP sources and the stated bounds of our peak RSS growth rendering them.
 HUGE_SIZE = (11_544, 8_658)  # 99.95 MP, 4:3, under the default MAX_PIXELS
-# A JPEG decodes at 1/4 scale (2886x2165, 25 MB), so its peak is any 2560 px set's: the
-# 2560x1920 AVIF encode (123-132 MB, see --breakdown) beside the 2560 and 1920 px copies
-# (29 MB) and a 1920 px WebP (17 MB), plus what glibc keeps of freed buffers in its heaps.
-# A PNG cannot decode smaller: Pillow holds 4 bytes a pixel (400 MB), plus the resize's
-# band copies and the 2560 px output; its encodes come after the source is freed.
-HUGE_PEAK_MB = {"jpeg": 210.0, "png": 600.0}
+# A JPEG decodes at 2/8 scale (2886x2165, 25 MB), so its peak is any 2560 px set's: the
+# 2560x1920 AVIF encode (122 MB, see --breakdown) beside the 2560 and 1920 px copies
+# (31 MB) and a 1920 px WebP (16 MB), plus the codecs' code paged in (VmHWM counts it).
+# A PNG cannot decode smaller: Pillow holds 4 bytes a pixel (381 MiB), plus two bands'
+# copies (8 MB), the 2560 px output (20 MB) and the code; its encodes come after the
+# source is freed (the pool holds no finished job's reference to it).
+HUGE_PEAK_MB = {"jpeg": 210.0, "png": 480.0}
 # Renders per side of --steady: each large photo twice, in turn.
 STEADY_ROUNDS = 2
 

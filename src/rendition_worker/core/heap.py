@@ -9,8 +9,8 @@ import functools
 # glibc's mallopt() parameter; buffers from this size up are mapped on their own and unmapped
 # when freed. glibc's own threshold starts at 128 KiB and rises to the size of every large
 # buffer freed (up to 32 MiB), after which the decoded source, the resized copies and the
-# encoders' frames all come from heaps that keep them: a process that had rendered 6
-# photos held 322 MB it no longer used (benchmarks/pipeline.py --steady).
+# encoders' frames all come from heaps that keep them: a process that had rendered 10
+# photos held 417 MB it no longer used, 7 MB with these settings (pipeline.py --steady).
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 20
 

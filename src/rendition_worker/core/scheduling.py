@@ -1,10 +1,11 @@
 """A tiny thread pool that starts a job only when its memory fits beside the running ones.
 
-One SVT-AV1 encode of a 2560 px picture needs about 90 MB, more than twice the decoded
-12 MP source; with a plain pool both workers may pick one. Here a job whose estimated memory
-does not fit the budget beside the running jobs waits, and the idle worker takes the next
-job that fits, so both cores stay busy on cheaper work. Jobs of one lane (AVIF encodes, which
-must not run two at once in a process) run one at a time without holding a worker idle.
+One SVT-AV1 encode of a 2560 px picture needs about 120 MB, more than three times a decoded
+12 MP source at 3 bytes a pixel; with a plain pool both workers may pick one. Here a job
+whose estimated memory does not fit the budget beside the running jobs waits, and the idle
+worker takes the next job that fits, so both cores stay busy on cheaper work. Jobs of one
+lane (AVIF encodes, which must not run two at once in a process) run one at a time without
+holding a worker idle.
 """
 
 from __future__ import annotations
