@@ -221,7 +221,7 @@ def with_stray_bytes(data: bytes) -> bytes:
     return data[:quantisation] + b"\x00\x17\x2a" + data[quantisation:]
 
 
-def test_a_jpeg_libjpeg_turbo_only_warns_about_still_renders_at_eighths() -> None:
+def test_a_jpeg_libjpeg_turbo_refuses_but_pillow_reads_renders_through_pillow() -> None:
     clean = encoded(photo_like(400, 300), "JPEG", quality=90).getvalue()
     damaged = with_stray_bytes(clean)
     # The fixture: strict libjpeg-turbo refuses it, Pillow reads every pixel of it.
@@ -229,6 +229,10 @@ def test_a_jpeg_libjpeg_turbo_only_warns_about_still_renders_at_eighths() -> Non
         simplejpeg.decode_jpeg(damaged, min_width=290, strict=True)
     assert Image.open(io.BytesIO(damaged)).tobytes() == Image.open(io.BytesIO(clean)).tobytes()
 
+    source = io.BytesIO(damaged)
+    pixels = decode_source(open_source(source, Limits()), source, (290, 218))
+    # TurboJPEG refuses the header even leniently, so Pillow decodes it, at full size.
+    assert (pixels.size, pixels.mode) == ((400, 300), "RGB")
     output = decoded(render_all(io.BytesIO(damaged), ["width-290|format-png"])[0])
     expected = decoded(render_all(io.BytesIO(clean), ["width-290|format-png"])[0])
     assert output.size == expected.size == (290, 218)
