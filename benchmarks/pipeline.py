@@ -148,38 +148,23 @@ def run_pyvips(photo: Path, out: Path) -> dict[str, float]:
 
 def run_steady(photos: list[Path], *, heap: bool) -> dict[str, Any]:
     """Render `photos` in turn in this one process; each render's peak anonymous RSS over idle."""
-    import threading
-
     from rendition_worker.core import heap as core_heap
     from rendition_worker.core import pipeline
     from rendition_worker.core.analysis import Focus
     from rendition_worker.core.focal import FocalMode
     from rendition_worker.core.specs import expand_set
 
-    if not heap:  # glibc's defaults: no mmap threshold of ours, no trim after AVIF encodes
+    if not heap:  # glibc's defaults: no mmap threshold of ours, no trim after each render
         core_heap.map_large_buffers = lambda: False  # type: ignore[assignment]
         core_heap.release_free_memory = lambda: None
     specs = expand_set("bench", {"widths": list(WIDTHS), "formats": list(FORMATS)})
     idle = anonymous_rss_mb()
-    peak = [idle]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], anonymous_rss_mb())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     peaks = []
     for photo in photos:
-        peak[0] = anonymous_rss_mb()
-        with photo.open("rb") as fp:
+        with RssSampler(trim=False) as sampler, photo.open("rb") as fp:
             for _ in pipeline.render(fp, specs, focus=Focus(mode=FocalMode.AUTO)):
                 pass
-        peaks.append(peak[0] - idle)
-    done.set()
-    sampler.join()
+        peaks.append(sampler.peak_mb - idle)
     return {"peaks_mb": peaks, "idle_after_mb": anonymous_rss_mb() - idle}
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -56,26 +54,18 @@ def anonymous_rss_mb() -> float:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc), so that growth is new memory."""
-    # Freed buffers stay resident in glibc's heaps and are reused silently: a step measured
-    # after a larger one would show no growth at all.
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-
-
 class RssSampler:
     """Sample anonymous RSS every millisecond in a thread; `growth_mb` is the peak's rise.
+
+    `trim=False` leaves the heap as it is, for measuring what a process keeps between steps.
 
     VmHWM only gives one peak per process; sampling gives the peak of one step of it, and
     anonymous memory leaves out the library code the first call of a codec pages in.
     """
 
-    def __init__(self, interval: float = 0.001) -> None:
+    def __init__(self, interval: float = 0.001, *, trim: bool = True) -> None:
         self._interval = interval
+        self._trim = trim
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.before_mb = 0.0
@@ -87,7 +77,12 @@ class RssSampler:
         return self.peak_mb - self.before_mb
 
     def __enter__(self) -> Self:
-        release_free_memory()
+        if self._trim:
+            # Freed buffers stay resident in glibc's heaps and are reused silently: a step
+            # measured after a larger one would show no growth at all.
+            from rendition_worker.core import heap
+
+            heap.release_free_memory()
         self.before_mb = self.peak_mb = anonymous_rss_mb()
         self._thread.start()
         return self
