@@ -261,6 +261,28 @@ def test_a_jpeg_with_damaged_scan_data_renders_at_eighths_as_pillow_would_show_i
     assert psnr(output, shown.resize(output.size, Image.Resampling.LANCZOS)) > 30
 
 
+@pytest.mark.parametrize(
+    ("photo", "decoded_size"),
+    [
+        ("photo-olympus-ep3-4032x3024.jpg", (3024, 2268)),
+        # A broken restart interval (libvips refuses the file): decoded leniently, not in full.
+        ("photo-olympus-u1020-3648x2736.jpg", (2736, 2052)),
+    ],
+)
+def test_corpus_photos_decode_at_six_eighths_for_a_2560_px_set(
+    corpus: Path, photo: str, decoded_size: tuple[int, int]
+) -> None:
+    with (corpus / "photos" / photo).open("rb") as fp:
+        opened = open_source(fp, Limits())
+        pixels = decode_source(opened, fp, (2560, 1920))
+        assert (pixels.size, pixels.mode) == (decoded_size, "RGBX")
+        shown = Image.open(fp)  # Pillow's own full decode of the same file
+        shown.draft("RGB", (2560, 1920))  # Pillow's draft cannot go below full size here
+        assert shown.size == opened.stored_size
+        expected = shown.resize(decoded_size, Image.Resampling.LANCZOS)
+    assert psnr(pixels, expected) > 30
+
+
 # --- Modes and colour ------------------------------------------------------------------------
 
 
