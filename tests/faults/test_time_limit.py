@@ -55,8 +55,10 @@ def test_a_source_over_the_time_limit_fails_and_the_next_one_renders_at_once(
     waited = (ready.started_at - failed.finished_at).total_seconds()
     rendered = (ready.finished_at - ready.started_at).total_seconds()
     # Stopped by the soft limit (plus the encode under way), not by the hard limit 30 s on,
-    # in the same pool process, which took the next message at once.
-    assert LIMIT <= ran < LIMIT + 10, ran  # 2-3 s measured; the hard limit is at 31 s
+    # in the same pool process, which took the next message at once. The limit's clock starts
+    # when the task does, started_at only at the claim after it (the first task of a cold
+    # worker imports and queries first: CI once measured 0.96 s), hence the half second off.
+    assert LIMIT - 0.5 <= ran < LIMIT + 10, ran  # 1.1-1.3 s measured; the hard limit is at 31 s
     assert 0 <= waited < 2, waited
     assert worker.children() == [pool_process]
     log = worker.log_text()
