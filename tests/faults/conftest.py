@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from django.db import connections
 from django.utils import timezone
 from PIL import Image
 
+from rendition_worker import tasks
 from rendition_worker.models import Rendition, Source, State
 from tests.live_worker import wait_for
 
@@ -588,6 +590,24 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90) -> 
     return wait_for(condition, timeout, what)
 
 
+def relay_until(stage: Stage, condition: Callable[[], Any], what: str, timeout: float) -> int:
+    """Send the relay as beat does, every RELAY_AFTER seconds, until `condition`; how many."""
+    every = max(float(stage.overrides["RENDITION_WORKER"].get("RELAY_AFTER", 1)), 1.0)
+    sent = 0
+    last = 0.0
+
+    def relayed() -> Any:
+        nonlocal sent, last
+        value = condition()
+        if not value and time.monotonic() - last >= every:
+            tasks.relay.apply_async(queue=stage.queue)
+            sent, last = sent + 1, time.monotonic()
+        return value
+
+    wait_until(relayed, what, timeout=timeout)
+    return sent
+
+
 def stray_files(media_root: Path, originals: set[str]) -> set[str]:
     """Files under MEDIA_ROOT that are neither a live original nor a ready rendition."""
     ready = set(Rendition.objects.filter(state=State.READY).values_list("name", flat=True))
@@ -667,6 +687,17 @@ def record_fault(
 ) -> None:
     """Note a fault test's figures for the summary table (recorded once its checks passed)."""
     FIGURES.append(FaultFigures(kind, injected, landed, lost, leaked, note))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failed fault test, show the end of each worker's log: CI keeps nothing else."""
+    report = yield
+    stage = getattr(item, "funcargs", {}).get("stage")
+    if report.when == "call" and report.failed and isinstance(stage, Stage):
+        for worker in stage.workers:
+            report.sections.append((f"worker log {worker.log.name}", worker.log_text()[-6000:]))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
