@@ -148,6 +148,8 @@ def run_pyvips(photo: Path, out: Path) -> dict[str, float]:
 
 def run_steady(photos: list[Path], *, heap: bool) -> dict[str, Any]:
     """Render `photos` in turn in this one process; each render's peak anonymous RSS over idle."""
+    import resource
+
     from rendition_worker.core import heap as core_heap
     from rendition_worker.core import pipeline
     from rendition_worker.core.analysis import Focus
@@ -160,32 +162,63 @@ def run_steady(photos: list[Path], *, heap: bool) -> dict[str, Any]:
     specs = expand_set("bench", {"widths": list(WIDTHS), "formats": list(FORMATS)})
     idle = anonymous_rss_mb()
     peaks = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    started = time.perf_counter()
     for photo in photos:
         with RssSampler(trim=False) as sampler, photo.open("rb") as fp:
             for _ in pipeline.render(fp, specs, focus=Focus(mode=FocalMode.AUTO)):
                 pass
         peaks.append(sampler.peak_mb - idle)
-    return {"peaks_mb": peaks, "idle_after_mb": anonymous_rss_mb() - idle}
+    return {
+        "peaks_mb": peaks,
+        "idle_after_mb": anonymous_rss_mb() - idle,
+        "wall_s": time.perf_counter() - started,
+        "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+    }
+
+
+# The sides of --steady: (label, heap of ours?, extra environment). glibc's
+# `malloc.hugetlb=1` tunable has malloc ask for transparent huge pages (madvise) on what it
+# maps: fewer, larger page faults for the same buffers; it is read only at process start.
+STEADY_SIDES = {
+    "glibc": ("glibc heap defaults", False, {}),
+    "ours": ("ours (core.heap)", True, {}),
+    "ours-thp": ("ours + hugetlb=1", True, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
+}
 
 
 def bench_steady(photos: list[Path]) -> None:
     """Print the per-render peaks of a long-lived process with glibc's heap and with ours."""
     order = [photo for _ in range(STEADY_ROUNDS) for photo in photos]
     listing = os.pathsep.join(str(photo) for photo in order)
-    sides = {name: _side(f"steady:{name}", Path(listing), Path()) for name in ("glibc", "ours")}
+    sides = {
+        name: _side(f"steady:{name}", Path(listing), Path(), env=env)
+        for name, (_, _, env) in STEADY_SIDES.items()
+    }
     print(
         f"\nSteady state: one process renders {len(photos)} photos >= 8 MP in turn, "
         f"{STEADY_ROUNDS} rounds ({', '.join(photo.name for photo in photos)});\n"
-        "peak anonymous RSS of each render over the process's idle RSS, MB:"
+        "peak anonymous RSS of each render over the process's idle RSS, MB; then the MB held "
+        "after the last render, the wall time of all renders and their minor page faults:"
     )
-    for name, label in (("glibc", "glibc heap defaults"), ("ours", "ours (core.heap)")):
-        peaks = " ".join(f"{value:4.0f}" for value in sides[name]["peaks_mb"])
-        print(f"  {label:20} {peaks}   idle after: {sides[name]['idle_after_mb']:4.0f}")
+    for name, (label, _, _) in STEADY_SIDES.items():
+        side = sides[name]
+        peaks = " ".join(f"{value:4.0f}" for value in side["peaks_mb"])
+        print(
+            f"  {label:20} {peaks}   idle after: {side['idle_after_mb']:4.0f}  "
+            f"{side['wall_s']:6.2f} s  {side['page_faults'] / 1e6:5.2f}M faults"
+        )
     worst = {name: max(side["peaks_mb"]) for name, side in sides.items()}
     print(
         f"  worst render: ours {worst['ours']:.0f} MB / glibc {worst['glibc']:.0f} MB = "
         f"{worst['ours'] / worst['glibc']:.2f}x; held after the last render: ours "
         f"{sides['ours']['idle_after_mb']:.0f} MB, glibc {sides['glibc']['idle_after_mb']:.0f} MB"
+    )
+    wall = {name: side["wall_s"] for name, side in sides.items()}
+    print(
+        f"  wall time: ours / glibc = {wall['ours'] / wall['glibc']:.2f}x, ours + hugetlb=1 / "
+        f"glibc = {wall['ours-thp'] / wall['glibc']:.2f}x; worst render with hugetlb=1: "
+        f"{worst['ours-thp']:.0f} MB"
     )
 
 
@@ -196,13 +229,13 @@ class SideFailed(Exception):
     """A side could not render a photo (libvips refuses some damaged JPEGs Pillow reads)."""
 
 
-def _side(kind: str, photo: Path, out: Path) -> dict[str, Any]:
+def _side(kind: str, photo: Path, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, __file__, "--side", kind, str(photo), str(out)],
         check=False,
         capture_output=True,
         text=True,
-        env={**os.environ, "SVT_LOG": "1"},
+        env={**os.environ, "SVT_LOG": "1", **(env or {})},
     )
     if result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
@@ -459,7 +492,7 @@ def main() -> None:
         kind, photo, out = args.side
         if kind.startswith("steady:"):
             paths = [Path(path) for path in photo.split(os.pathsep)]
-            print(json.dumps(run_steady(paths, heap=kind == "steady:ours")))
+            print(json.dumps(run_steady(paths, heap=STEADY_SIDES[kind.split(":")[1]][1])))
         elif kind.startswith("part:"):
             print(json.dumps(run_part(kind.removeprefix("part:"), Path(photo))))
         else:
