@@ -47,6 +47,7 @@ from django.utils import timezone
 from PIL import Image
 
 from rendition_worker import tasks
+from rendition_worker.conf import get_settings
 from rendition_worker.models import Rendition, Source, State
 from tests.live_worker import wait_for
 
@@ -592,7 +593,7 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90) -> 
 
 def relay_until(stage: Stage, condition: Callable[[], Any], what: str, timeout: float) -> int:
     """Send the relay as beat does, every RELAY_AFTER seconds, until `condition`; how many."""
-    every = max(float(stage.overrides["RENDITION_WORKER"].get("RELAY_AFTER", 1)), 1.0)
+    every = get_settings().relay_after  # the stage's settings, the worker's too
     sent = 0
     last = 0.0
 
