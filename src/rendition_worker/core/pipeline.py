@@ -22,7 +22,7 @@ from typing import IO
 
 from PIL import Image
 
-from rendition_worker.core import heap
+from rendition_worker.core import heap, resampling
 from rendition_worker.core.analysis import SMALL_SIDE, Analysis, Focus, analyse
 from rendition_worker.core.color import to_srgb
 from rendition_worker.core.encoding import (
@@ -49,10 +49,6 @@ from rendition_worker.core.sources import (
 )
 from rendition_worker.core.specs import Spec
 
-# Pillow first shrinks by an integer factor with a box filter while the remaining scale is
-# at least this gap, then applies Lanczos; at 3 the result is indistinguishable from a full
-# Lanczos resize and several times faster on camera-sized sources.
-REDUCING_GAP = 3.0
 # Output pixels per band of a banded resize: bounds the intermediate copy to about 4 MB.
 # (Quarter-size bands measured no lower peak: freed bands stay in glibc's per-thread heaps.)
 BAND_PIXELS = 1_000_000
@@ -183,6 +179,10 @@ class Rendering:
     ) -> list[_Output]:
         # Every crop at its largest size first, so that the decoded source (the largest
         # buffer by far) is freed before any encoder allocates.
+        # A scaled JPEG decode is RGBX, which the SIMD resizer does not read: one RGB copy,
+        # made while nothing else is in memory, and the RGBX one let go.
+        assert self._pixels is not None
+        self._pixels = resampling.resizable(self._pixels)
         groups: dict[Box, dict[Size, list[Spec]]] = {}
         for spec, geometry in self._plans.items():
             groups.setdefault(geometry.box, {}).setdefault(geometry.size, []).append(spec)
@@ -212,7 +212,7 @@ class Rendering:
         for size in sorted(by_size, key=_area, reverse=True):
             if image.size != size:
                 wait(older)
-                image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+                image = resampling.lanczos(image, size)
                 older, current = current, []
             # The slowest encoder first: AVIF is the long pole, the others fill the gaps.
             for spec in sorted(by_size[size], key=self._encode_order(image)):
@@ -324,10 +324,10 @@ def _small_copy(pixels: Image.Image, orientation: int) -> Image.Image:
 def band_boxes(size: Size, box: Box) -> list[tuple[int, Size, Box]]:
     """Split a resize of `box` to `size` into bands of output rows: (top row, size, box).
 
-    Pillow's two-pass resize keeps a horizontally resized copy of every source row the box
-    covers (31 MB for 4032x3024 -> 2560 wide); a band at a time, that copy stays small, and
-    bands can run on several cores. Pillow reads filter support outside the box, so the
-    bands meet without seams: the result equals one whole resize.
+    A two-pass resize (Pillow's or the SIMD one) keeps a horizontally resized copy of every
+    source row the box covers (31 MB for 4032x3024 -> 2560 wide); a band at a time, that
+    copy stays small, and bands can run on several cores. Both resizers read filter support
+    outside the box, so the bands meet without seams: the result equals one whole resize.
     """
     width, height = size
     rows = max(1, BAND_PIXELS // width)
@@ -358,7 +358,7 @@ def _needed_size(source: OpenedSource, plans: dict[Spec, Geometry]) -> Size | No
 
 
 def _srgb_band(image: Image.Image, size: Size, box: Box, icc: bytes | None) -> Image.Image:
-    band = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    band = resampling.lanczos(image, size, box)
     return to_srgb(_without_padding(band), icc)
 
 
