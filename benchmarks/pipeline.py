@@ -19,7 +19,9 @@ libraries' code paged in by the first encode.
 `--huge` also renders a generated 100 MP JPEG and PNG (ours and pyvips; the baseline would take
 minutes); `--breakdown` measures, each in a fresh process, what one step of our render needs;
 `--steady` renders the large photos in turn in one long-lived process, as a worker does, with
-glibc's heap defaults and with ours (rendition_worker.core.heap), and prints each render's peak.
+glibc's heap defaults and with ours (rendition_worker.core.heap), and prints each render's peak;
+`--resizers` renders the large photos again with Pillow's resizer instead of the SIMD one (as
+on ARM Linux, which cykooz.resizer has no wheel for).
 
 Run: `python benchmarks/pipeline.py` (from the project root; ../shared/corpus beside it).
 """
@@ -222,7 +224,32 @@ def bench_steady(photos: list[Path]) -> None:
     )
 
 
-RUNNERS = {"baseline": run_baseline, "ours": run_ours, "pyvips": run_pyvips}
+def run_ours_pillow_resize(photo: Path, out: Path) -> dict[str, float]:
+    """Render as `run_ours` does, with Pillow's resizer, as on ARM Linux (no SIMD wheel)."""
+    sys.modules["cykooz_resizer"] = None  # type: ignore[assignment]  # its import now fails
+    return run_ours(photo, out)
+
+
+def bench_resizers(photos: list[Path], repeat: int) -> None:
+    """Print our render with the SIMD resizer against the same with Pillow's."""
+    print("\nResizers: ours (SIMD Lanczos, core.resampling) against ours with Pillow's resize:")
+    for photo in photos:
+        row = bench_photo(photo, repeat, sides=("ours", "ours-pillow-resize"))
+        simd, pillow = row["ours"], row["ours-pillow-resize"]
+        print(
+            f"  {photo.name:40} SIMD {simd['wall_s']:5.2f} s, Pillow {pillow['wall_s']:5.2f} s "
+            f"= {pillow['wall_s'] / simd['wall_s']:.2f}x; SSIM {simd['ssim']:.4f} / "
+            f"{pillow['ssim']:.4f}; KB {simd['bytes'] / 1024:.0f} / {pillow['bytes'] / 1024:.0f}; "
+            f"+MB {simd['peak_delta_mb']:.0f} / {pillow['peak_delta_mb']:.0f}"
+        )
+
+
+RUNNERS = {
+    "baseline": run_baseline,
+    "ours": run_ours,
+    "pyvips": run_pyvips,
+    "ours-pillow-resize": run_ours_pillow_resize,
+}
 
 
 class SideFailed(Exception):
@@ -486,6 +513,7 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="also render a 100 MP source")
     parser.add_argument("--breakdown", action="store_true", help="also measure each step")
     parser.add_argument("--steady", action="store_true", help="also render in one process")
+    parser.add_argument("--resizers", action="store_true", help="also render with Pillow's resizer")
     parser.add_argument("--side", nargs=3, metavar=("KIND", "PHOTO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -511,6 +539,8 @@ def main() -> None:
     large = [row["photo"] for row in rows if row["megapixels"] * 1e6 >= TARGET_MIN_PIXELS]
     if args.breakdown:
         print_breakdown(args.corpus / "photos" / (large or [photos[0].name])[0])
+    if args.resizers:
+        bench_resizers([args.corpus / "photos" / name for name in large], args.repeat)
     if args.steady:
         bench_steady([args.corpus / "photos" / name for name in large or [photos[0].name]])
     if args.json:
