@@ -177,12 +177,12 @@ class Rendering:
     def _schedule(
         self, pool: BudgetPool, futures: dict[_EncodeKey, Future[tuple[bytes, float]]]
     ) -> list[_Output]:
-        # Every crop at its largest size first, so that the decoded source (the largest
-        # buffer by far) is freed before any encoder allocates.
         # A scaled JPEG decode is RGBX, which the SIMD resizer does not read: one RGB copy,
         # made while nothing else is in memory, and the RGBX one let go.
         assert self._pixels is not None
         self._pixels = resampling.resizable(self._pixels)
+        # Every crop at its largest size first, so that the decoded source (the largest
+        # buffer by far) is freed before any encoder allocates.
         groups: dict[Box, dict[Size, list[Spec]]] = {}
         for spec, geometry in self._plans.items():
             groups.setdefault(geometry.box, {}).setdefault(geometry.size, []).append(spec)
