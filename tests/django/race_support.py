@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,19 @@ class UnreadableStorage(CountingStorage):
 
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
         raise OSError(errno.EIO, "injected read error", name)
+
+
+class FinishingStorage(CountingStorage):
+    """CountingStorage that calls `when_opened` (once) as an original is opened."""
+
+    when_opened: Callable[[], None] | None = None
+
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        hook = FinishingStorage.when_opened
+        if hook is not None and not name.startswith("renditions/"):
+            FinishingStorage.when_opened = None
+            hook()
+        return super()._open(name, mode)
 
 
 def storages_setting(backend: str = "CountingStorage", **options: Any) -> dict[str, dict[str, Any]]:

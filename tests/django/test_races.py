@@ -33,6 +33,7 @@ from tests import live_worker
 from tests.django.race_support import (
     READS,
     ROOT,
+    FinishingStorage,
     TaskLog,
     run_writer,
     storages_setting,
@@ -392,6 +393,34 @@ def test_a_storage_error_comparing_an_overwritten_file_is_retried(
     source = Source.objects.get(object_id=str(photo.pk), field="image")
     assert (source.state, source.digest) == (State.READY, digest(after))
     assert Rendition.objects.filter(source=source, state=State.READY).count() == HERO_AND_THUMB
+
+
+def test_an_overwrite_task_whose_bytes_were_finished_while_it_read_them_renders_nothing(
+    worker: WorkerTracker, counted: TaskLog, settings: Any
+) -> None:
+    photo, after = overwritten_twice(worker, counted, settings, seed=60)
+    source = Source.objects.get(object_id=str(photo.pk), field="image")
+    ready = set(Rendition.objects.filter(source=source).values_list("name", flat=True))
+    # A duplicate of the same upload is rendering when this task looks at the state, and
+    # records it ready while this task reads the file to compare its bytes (CI saw this:
+    # the version rendered twice, its first renditions retired).
+    Source.objects.filter(pk=source.pk).update(state=State.PENDING)
+
+    def duplicate_finishes() -> None:
+        Source.objects.filter(pk=source.pk).update(state=State.READY)
+
+    settings.STORAGES = storages_setting("FinishingStorage", allow_overwrite=True)
+    FinishingStorage.when_opened = duplicate_finishes
+    try:
+        summary = source_generate(
+            "testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True
+        )
+    finally:
+        FinishingStorage.when_opened = None
+    assert summary == {"status": "done", "retired": 0}
+    assert set(Rendition.objects.filter(source=source).values_list("name", flat=True)) == ready
+    assert rendition_files(settings.MEDIA_ROOT) == ready
+    assert READS.of(photo.image.name, digest(after)) == 3  # the two tasks', and this compare
 
 
 def test_same_name_back_before_the_worker_saw_the_change(

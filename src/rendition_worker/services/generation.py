@@ -112,6 +112,7 @@ def source_generate(
                 return {"status": "stale"}
             content_type = ContentType.objects.get_for_model(entry.model)
             opened = None
+            digest = ""
             followed = overwritten and _followed(content_type, object_id, entry)
             if followed and followed[0] == name:
                 # A new upload under the name the state already follows: stale only if the
@@ -122,7 +123,7 @@ def source_generate(
                 if fp is not None and followed[1:] == (digest, State.READY):
                     return {"status": "done", "retired": 0}
             source, retired = _source_row(
-                entry, content_type, object_id, name, overwritten=overwritten
+                entry, content_type, object_id, name, overwritten=overwritten, digest=digest
             )
             token = _claim(source, name, claim_seconds, force=force, retry_failed=retry_failed)
         except (OSError, DatabaseError) as exc:
@@ -168,8 +169,12 @@ def _source_row(
     name: str,
     *,
     overwritten: bool,
+    digest: str = "",
 ) -> tuple[Source, int]:
-    """The state row for `name`, and how many stale files pointing it there retired."""
+    """The state row for `name`, and how many stale files pointing it there retired.
+
+    `digest`: of the overwritten file's bytes, when read (see `source_point_at`).
+    """
     source = Source.objects.filter(
         content_type=content_type, object_id=object_id, field=entry.name
     ).first()
@@ -177,7 +182,7 @@ def _source_row(
         return source, 0
     # A new or replaced file (or one no signal told us about: bulk_create, update(), raw
     # SQL): point the state at it and retire what was made from any other file.
-    retired = source_point_at(entry, object_id, name, overwritten=overwritten)
+    retired = source_point_at(entry, object_id, name, overwritten=overwritten, digest=digest)
     source = Source.objects.get(content_type=content_type, object_id=object_id, field=entry.name)
     return source, retired
 

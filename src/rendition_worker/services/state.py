@@ -13,13 +13,20 @@ from rendition_worker.services.tombstones import tombstones_add
 
 
 def source_point_at(
-    entry: RegisteredField, object_id: str, new: str, *, overwritten: bool = False
+    entry: RegisteredField,
+    object_id: str,
+    new: str,
+    *,
+    overwritten: bool = False,
+    digest: str = "",
 ) -> int:
     """Make the state of `entry` on row `object_id` follow file `new` ('' = no file, no row).
 
     Under a lock on the state row (the worker records renditions under the same lock), the
     renditions of any other file, or all of them when `overwritten` (a new upload kept the
     name), are deleted and their files tombstoned. Returns how many files were tombstoned.
+    `digest`: the SHA-256 of the overwritten file's bytes; if the row is ready for those very
+    bytes, nothing is stale and nothing changes.
     """
     content_type = ContentType.objects.get_for_model(entry.model)
     with transaction.atomic():
@@ -28,6 +35,15 @@ def source_point_at(
             .filter(content_type=content_type, object_id=object_id, field=entry.name)
             .first()
         )
+        if (
+            overwritten
+            and digest
+            and source is not None
+            and (source.name, source.digest, source.state) == (new, digest, State.READY)
+        ):
+            # Decided under the lock: another task may have finished these bytes since the
+            # caller last looked (while it read the file to hash it).
+            return 0
         stale = Rendition.objects.filter(source=source)
         if not overwritten:
             stale = stale.exclude(source_name=new)
