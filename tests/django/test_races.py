@@ -13,6 +13,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from rendition_worker import tasks
 from rendition_worker.conf import get_settings
@@ -421,6 +423,67 @@ def test_an_overwrite_task_whose_bytes_were_finished_while_it_read_them_renders_
     assert set(Rendition.objects.filter(source=source).values_list("name", flat=True)) == ready
     assert rendition_files(settings.MEDIA_ROOT) == ready
     assert READS.of(photo.image.name, digest(after)) == 3  # the two tasks', and this compare
+
+
+def test_an_overwrite_task_whose_bytes_were_finished_after_its_look_renders_nothing(
+    worker: WorkerTracker, counted: TaskLog, settings: Any
+) -> None:
+    older_bytes, newer_bytes = version_bytes(70), version_bytes(71)
+    photo = Photo.objects.create(image=upload(older_bytes, "older.jpg"))
+    ready_version(photo, older_bytes)
+    drained(worker)
+    # A new upload that no signal announced yet (update() sends none): the state row still
+    # follows the older file when the save's task (overwritten) takes its look.
+    newer = default_storage.save("photos/newer.jpg", ContentFile(newer_bytes))
+    Photo.objects.filter(pk=photo.pk).update(image=newer)
+    duplicate: dict[str, Any] = {}
+
+    def duplicate_runs_after_the_look(execute: Any, sql: str, *args: Any) -> Any:
+        # Right after the task's first look at the state row, a duplicate of the same
+        # upload points the state at it and renders it to the end (once: the duplicate's
+        # own queries pass through).
+        result = execute(sql, *args)
+        looks = sql.lstrip().upper().startswith("SELECT") and '"rendition_worker_source"' in sql
+        if looks and not duplicate:
+            duplicate["status"] = "running"
+            duplicate.update(source_generate("testapp.photo", str(photo.pk), "image", newer))
+        return result
+
+    with connection.execute_wrapper(duplicate_runs_after_the_look):
+        summary = source_generate("testapp.photo", str(photo.pk), "image", newer, overwritten=True)
+    assert duplicate["status"] == "ready"
+    assert summary == {"status": "done", "retired": 0}
+    source = Source.objects.get(object_id=str(photo.pk), field="image")
+    rows = {row.name for row in Rendition.objects.filter(source=source, state=State.READY)}
+    assert len(rows) == HERO_AND_THUMB and rendition_files(settings.MEDIA_ROOT) >= rows
+    assert READS.of(newer) == 2  # this task's compare and the duplicate's render
+
+
+def test_an_overwrite_task_keeps_what_a_duplicate_rendering_its_bytes_recorded(
+    worker: WorkerTracker, counted: TaskLog, settings: Any
+) -> None:
+    photo, after = overwritten_twice(worker, counted, settings, seed=80)
+    source = Source.objects.get(object_id=str(photo.pk), field="image")
+    rows = set(Rendition.objects.filter(source=source).values_list("name", flat=True))
+    # A duplicate of the same upload is mid-render: it pointed the state at the file (no
+    # digest yet), holds the claim, and has recorded its renditions so far.
+    Source.objects.filter(pk=source.pk).update(
+        state=State.PENDING,
+        digest="",
+        claim="duplicate",
+        claimed_until=timezone.now() + timedelta(minutes=5),
+    )
+    reads = READS.of(photo.image.name, digest(after))
+    summary = source_generate(
+        "testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True
+    )
+    # Nothing retired: those names are what this render makes again, and a tombstone on
+    # them deleted the files written after it (CI: ready rows whose files were gone).
+    assert summary["retired"] == 0 and summary["renditions"] == 0, summary
+    assert not Tombstone.objects.exists()
+    assert set(Rendition.objects.filter(source=source).values_list("name", flat=True)) == rows
+    assert rendition_files(settings.MEDIA_ROOT) == rows
+    assert READS.of(photo.image.name, digest(after)) == reads + 1  # the compare, reused
 
 
 def test_same_name_back_before_the_worker_saw_the_change(

@@ -113,14 +113,16 @@ def source_generate(
             content_type = ContentType.objects.get_for_model(entry.model)
             opened = None
             digest = ""
-            followed = overwritten and _followed(content_type, object_id, entry)
-            if followed and followed[0] == name:
-                # A new upload under the name the state already follows: stale only if the
+            if overwritten:
+                # A new upload: what was made from this name before is stale only if the
                 # bytes changed. A redelivered task, or the same bytes uploaded again, must
-                # not retire and render again; the job reuses this read.
+                # not retire and render again, nor must a task whose bytes a duplicate
+                # finished meanwhile (source_point_at compares again under the row's lock).
+                # The job reuses this read.
                 opened = _read_source(entry.field.storage, name)
                 fp, digest = files.enter_context(opened)
-                if fp is not None and followed[1:] == (digest, State.READY):
+                followed = _followed(content_type, object_id, entry)
+                if fp is not None and followed == (name, digest, State.READY):
                     return {"status": "done", "retired": 0}
             source, retired = _source_row(
                 entry, content_type, object_id, name, overwritten=overwritten, digest=digest

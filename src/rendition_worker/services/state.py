@@ -7,6 +7,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from rendition_worker import cache, registry
+from rendition_worker.conf import get_settings
+from rendition_worker.core.naming import source_key, source_prefix
+from rendition_worker.core.planner import SourceRef
 from rendition_worker.models import Rendition, Source, State, Tombstone
 from rendition_worker.registry import RegisteredField
 from rendition_worker.services.tombstones import tombstones_add
@@ -25,8 +28,8 @@ def source_point_at(
     Under a lock on the state row (the worker records renditions under the same lock), the
     renditions of any other file, or all of them when `overwritten` (a new upload kept the
     name), are deleted and their files tombstoned. Returns how many files were tombstoned.
-    `digest`: the SHA-256 of the overwritten file's bytes; if the row is ready for those very
-    bytes, nothing is stale and nothing changes.
+    `digest`: the SHA-256 of the overwritten file's bytes. If the row is ready for those very
+    bytes, nothing is stale and nothing changes; otherwise what was made from them stays.
     """
     content_type = ContentType.objects.get_for_model(entry.model)
     with transaction.atomic():
@@ -47,6 +50,13 @@ def source_point_at(
         stale = Rendition.objects.filter(source=source)
         if not overwritten:
             stale = stale.exclude(source_name=new)
+        elif digest:
+            # A duplicate task may be rendering these bytes: its renditions are what this
+            # upload's render would write again under the same names (content-addressed),
+            # and tombstones on those names would delete the files rewritten after them.
+            key = source_key(SourceRef(entry.model_label, object_id, entry.name).identity, digest)
+            same_bytes = source_prefix(get_settings().path, key)
+            stale = stale.exclude(source_name=new, name__startswith=same_bytes)
         stale_files = [name for name in stale.values_list("name", flat=True) if name]
         stale_versions = set(stale.values_list("source_name", flat=True))
         if source is not None:
