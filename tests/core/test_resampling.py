@@ -56,13 +56,13 @@ def test_the_simd_resizer_is_installed_where_it_has_a_wheel() -> None:
     ],
 )
 def test_simd_gives_pillows_picture(
-    photo: Image.Image, mode: str, size: tuple[int, int], box: tuple[float, ...] | None
+    photo: Image.Image, mode: str, size: tuple[int, int], box: resampling.Box | None
 ) -> None:
     image = photo.convert(mode)
     if mode == "RGBA":  # real transparency, so that premultiplying matters
         image.putalpha(Image.linear_gradient("L").resize(image.size))
-    got = resampling.lanczos(image, size, box)  # type: ignore[arg-type]
-    expected = image.resize(size, Image.Resampling.LANCZOS, box=box)  # type: ignore[arg-type]
+    got = resampling.lanczos(image, size, box)
+    expected = image.resize(size, Image.Resampling.LANCZOS, box=box)
     assert (got.mode, got.size) == (mode, size)
     if mode == "RGBA":
         # What is shown: the colour of a pixel at alpha 2 is invisible, and rounding it
