@@ -44,8 +44,8 @@ def source_point_at(
             and source is not None
             and (source.name, source.digest, source.state) == (new, digest, State.READY)
         ):
-            # Decided under the lock: another task may have finished these bytes since the
-            # caller last looked (while it read the file to hash it).
+            # Decided under the lock: another task of the same upload may have finished
+            # these bytes since the caller last looked at the row.
             return 0
         stale = Rendition.objects.filter(source=source)
         if not overwritten:
