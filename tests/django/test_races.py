@@ -361,6 +361,16 @@ def overwritten_twice(
     return photo, after
 
 
+def rendition_names(source: Source) -> set[str]:
+    """The file names of every rendition row of `source`."""
+    return set(Rendition.objects.filter(source=source).values_list("name", flat=True))
+
+
+def overwrite_task(photo: Photo, name: str) -> dict[str, Any]:
+    """Run, in this process, the generate task a new upload of `name` sends (overwritten)."""
+    return source_generate("testapp.photo", str(photo.pk), "image", name, overwritten=True)
+
+
 def test_redelivered_overwrite_task_deletes_no_referenced_file(
     worker: WorkerTracker, counted: TaskLog, settings: Any
 ) -> None:
@@ -391,7 +401,7 @@ def test_a_storage_error_comparing_an_overwritten_file_is_retried(
     settings.STORAGES = storages_setting("UnreadableStorage", allow_overwrite=True)
     # Retried with backoff like every storage error, never failed or left half-done.
     with pytest.raises(TransientError, match="injected read error"):
-        source_generate("testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True)
+        overwrite_task(photo, photo.image.name)
     source = Source.objects.get(object_id=str(photo.pk), field="image")
     assert (source.state, source.digest) == (State.READY, digest(after))
     assert Rendition.objects.filter(source=source, state=State.READY).count() == HERO_AND_THUMB
@@ -402,7 +412,7 @@ def test_an_overwrite_task_whose_bytes_were_finished_while_it_read_them_renders_
 ) -> None:
     photo, after = overwritten_twice(worker, counted, settings, seed=60)
     source = Source.objects.get(object_id=str(photo.pk), field="image")
-    ready = set(Rendition.objects.filter(source=source).values_list("name", flat=True))
+    ready = rendition_names(source)
     # A duplicate of the same upload is rendering when this task looks at the state, and
     # records it ready while this task reads the file to compare its bytes (CI saw this:
     # the version rendered twice, its first renditions retired).
@@ -414,13 +424,11 @@ def test_an_overwrite_task_whose_bytes_were_finished_while_it_read_them_renders_
     settings.STORAGES = storages_setting("FinishingStorage", allow_overwrite=True)
     FinishingStorage.when_opened = duplicate_finishes
     try:
-        summary = source_generate(
-            "testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True
-        )
+        summary = overwrite_task(photo, photo.image.name)
     finally:
         FinishingStorage.when_opened = None
     assert summary == {"status": "done", "retired": 0}
-    assert set(Rendition.objects.filter(source=source).values_list("name", flat=True)) == ready
+    assert rendition_names(source) == ready
     assert rendition_files(settings.MEDIA_ROOT) == ready
     assert READS.of(photo.image.name, digest(after)) == 3  # the two tasks', and this compare
 
@@ -450,7 +458,7 @@ def test_an_overwrite_task_whose_bytes_were_finished_after_its_look_renders_noth
         return result
 
     with connection.execute_wrapper(duplicate_runs_after_the_look):
-        summary = source_generate("testapp.photo", str(photo.pk), "image", newer, overwritten=True)
+        summary = overwrite_task(photo, newer)
     assert duplicate["status"] == "ready"
     assert summary == {"status": "done", "retired": 0}
     source = Source.objects.get(object_id=str(photo.pk), field="image")
@@ -464,7 +472,7 @@ def test_an_overwrite_task_keeps_what_a_duplicate_rendering_its_bytes_recorded(
 ) -> None:
     photo, after = overwritten_twice(worker, counted, settings, seed=80)
     source = Source.objects.get(object_id=str(photo.pk), field="image")
-    rows = set(Rendition.objects.filter(source=source).values_list("name", flat=True))
+    rows = rendition_names(source)
     # A duplicate of the same upload is mid-render: it pointed the state at the file (no
     # digest yet), holds the claim, and has recorded its renditions so far.
     Source.objects.filter(pk=source.pk).update(
@@ -474,14 +482,12 @@ def test_an_overwrite_task_keeps_what_a_duplicate_rendering_its_bytes_recorded(
         claimed_until=timezone.now() + timedelta(minutes=5),
     )
     reads = READS.of(photo.image.name, digest(after))
-    summary = source_generate(
-        "testapp.photo", str(photo.pk), "image", photo.image.name, overwritten=True
-    )
+    summary = overwrite_task(photo, photo.image.name)
     # Nothing retired: those names are what this render makes again, and a tombstone on
     # them deleted the files written after it (CI: ready rows whose files were gone).
     assert summary["retired"] == 0 and summary["renditions"] == 0, summary
     assert not Tombstone.objects.exists()
-    assert set(Rendition.objects.filter(source=source).values_list("name", flat=True)) == rows
+    assert rendition_names(source) == rows
     assert rendition_files(settings.MEDIA_ROOT) == rows
     assert READS.of(photo.image.name, digest(after)) == reads + 1  # the compare, reused
 
